@@ -1,0 +1,393 @@
+/**
+ * The worker: takes wake-ups from the queue, claims steps in the repository, runs jobs with a heartbeat, and records
+ * what happened, following the execution invariants of DESIGN.md. `run` never returns; interrupt it (SIGTERM under
+ * `NodeRuntime.runMain`) to shut down gracefully.
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberSet from "effect/FiberSet"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import type * as Job from "./Job.js"
+import { ExecutorConfig, type ExecutorOptions } from "./ExecutorConfig.js"
+import { classify, type Failure } from "./internal/classify.js"
+import * as metrics from "./internal/metrics.js"
+import { nthDelay } from "./internal/retry.js"
+import { JobContext, type JobContextShape } from "./JobContext.js"
+import { ExecutionTimeExceededError, RetryableError } from "./JobError.js"
+import { JobLibrary } from "./JobLibrary.js"
+import type { ProgramRecord } from "./Program.js"
+import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
+import { ProgramQueue, type Delivery, type QueueError } from "./ProgramQueue.js"
+import { ProgramRepository, type Lease, type LeaseStatus, type RepositoryError } from "./ProgramRepository.js"
+
+/** How a run of a job ended: it completed (well or not), or the lease ended under it. */
+type Outcome =
+  | { readonly _tag: "Completed"; readonly exit: Exit.Exit<unknown, unknown> }
+  | { readonly _tag: "LeaseEnded"; readonly status: Exclude<LeaseStatus, "held"> }
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue | JobLibrary> = Effect.gen(function*() {
+  const config = yield* ExecutorConfig
+  const repository = yield* ProgramRepository
+  const queue = yield* ProgramQueue
+  const library = yield* JobLibrary
+  const events = yield* ProgramEvents
+  const claimOptions = { owner: config.workerId, leaseFor: config.leaseDuration }
+
+  /** A database or broker operation, retried while the service is unavailable. */
+  const durably = <A, E extends RepositoryError | QueueError, R>(what: string, operation: Effect.Effect<A, E, R>) =>
+    operation.pipe(
+      Effect.tapError((error) => Effect.logWarning(`${what} failed, retrying: ${error.message}`)),
+      Effect.retry(config.storageRetry)
+    )
+
+  const subscription = yield* durably(
+    "subscribing to the queue",
+    queue.subscribe({ prefetch: config.concurrency, claim: claimOptions })
+  ).pipe(Effect.retry(Schedule.spaced("5 seconds")), Effect.orDie)
+  const running = yield* FiberSet.make<void>()
+  const permits = yield* Effect.makeSemaphore(config.concurrency)
+
+  // Runs first on shutdown (finalizers run in reverse): stop receiving, let running steps finish within the grace
+  // period; then the FiberSet's finalizer interrupts what is left, and the subscription closes last.
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function*() {
+      yield* subscription.stop
+      const inFlight = yield* FiberSet.size(running)
+      if (inFlight === 0) return
+      yield* Effect.logInfo(`shutting down: waiting for ${inFlight} running step(s)`)
+      const drained = yield* FiberSet.awaitEmpty(running).pipe(Effect.timeout(config.shutdownGrace), Effect.option)
+      if (Option.isNone(drained)) {
+        yield* Effect.logWarning(`shutdown grace elapsed: interrupting ${yield* FiberSet.size(running)} step(s)`)
+      }
+    })
+  )
+
+  yield* Effect.forkScoped(sweeper(config, repository, queue))
+
+  const handle = makeHandler(config, repository, queue, library, events, durably)
+  yield* Effect.logInfo("worker started").pipe(
+    Effect.annotateLogs({ workerId: config.workerId, concurrency: config.concurrency, jobs: library.names.join(",") })
+  )
+  return yield* Effect.forever(
+    permits.take(1).pipe(
+      Effect.zipRight(subscription.take),
+      Effect.flatMap((delivery) => FiberSet.run(running, Effect.ensuring(handle(delivery), permits.release(1))))
+    )
+  )
+}).pipe(Effect.scoped)
+
+/** Re-publishes steps whose wake-up was lost (a publish that failed after a commit, a broker that lost its queue). */
+const sweeper = (
+  config: ExecutorOptions,
+  repository: ProgramRepository["Type"],
+  queue: ProgramQueue["Type"]
+) =>
+  repository.findStale({ idleFor: config.staleAfter, limit: config.sweepBatchSize }).pipe(
+    Effect.flatMap((stale) =>
+      Effect.forEach(stale, (message) => queue.publish(message), { discard: true, concurrency: 8 }).pipe(
+        Effect.zipRight(
+          stale.length === 0 ? Effect.void : Effect.logInfo(`sweeper re-published ${stale.length} stale step(s)`)
+        ),
+        Effect.zipRight(Metric.incrementBy(metrics.stepsRecovered, stale.length))
+      )
+    ),
+    Effect.catchAll((error) => Effect.logWarning(`sweep failed: ${error.message}`)),
+    Effect.repeat(Schedule.spaced(config.sweepInterval)),
+    Effect.annotateLogs("component", "sweeper")
+  )
+
+const makeHandler = (
+  config: ExecutorOptions,
+  repository: ProgramRepository["Type"],
+  queue: ProgramQueue["Type"],
+  library: JobLibrary["Type"],
+  events: ProgramEvents["Type"],
+  durably: <A, E extends RepositoryError | QueueError, R>(
+    what: string,
+    operation: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E, R>
+) => {
+  const claimOptions = { owner: config.workerId, leaseFor: config.leaseDuration }
+
+  /** Publishes a wake-up; a failure is logged, never raised: the row is committed and the sweeper will find it. */
+  const wake = (runId: string, step: number, delay?: Duration.Duration) =>
+    durably("publishing the next step", queue.publish({ runId, step }, delay === undefined ? {} : { delay })).pipe(
+      Effect.catchAll((error) =>
+        Effect.logError(`could not publish step ${step}; the sweeper will recover it: ${error.message}`)
+      )
+    )
+
+  const jobContext = (program: ProgramRecord, lease: Lease, jobName: string, startedAt: number): JobContextShape => {
+    const stored = program.jobData[jobName]
+    let current: Record<string, any> = isPlainObject(stored) ? stored : {}
+    // Writes of one run are serialized, so a merge never loses a concurrent merge of the same job; the lease keeps
+    // every other worker away from this program.
+    const lock = Effect.unsafeMakeSemaphore(1)
+    const store = (value: Record<string, any>) =>
+      durably("storing job data", repository.writeJobData(lease, jobName, value)).pipe(
+        Effect.mapError((error) =>
+          new RetryableError({ message: `job data could not be stored: ${error.message}`, cause: error })
+        ),
+        Effect.flatMap((stored) =>
+          stored
+            ? Effect.sync(() => {
+              current = value
+            })
+            : Effect.fail(new RetryableError({ message: "job data not stored: this worker lost the step's lease" }))
+        )
+      )
+    const merge = (partial: Record<string, any>) =>
+      lock.withPermits(1)(Effect.suspend(() => store({ ...current, ...partial })))
+    return {
+      runId: program.runId,
+      step: program.step,
+      jobName,
+      jobs: program.jobs,
+      attempt: program.stepRetryCount + 1,
+      programData: program.programData,
+      jobData: {
+        get: Effect.sync(() => current),
+        set: (value) => lock.withPermits(1)(store(value)),
+        merge
+      },
+      checkpoint: (partial, options) =>
+        Effect.gen(function*() {
+          if (Object.keys(partial).length > 0) yield* merge(partial)
+          const elapsed = (yield* Clock.currentTimeMillis) - startedAt
+          const budget = Duration.toMillis(options.maxExecutionTime)
+          if (elapsed > budget) {
+            return yield* new ExecutionTimeExceededError({
+              message: `execution time exceeded: ran ${elapsed} ms of a ${budget} ms budget`,
+              elapsedMillis: elapsed,
+              budgetMillis: budget
+            })
+          }
+        })
+    }
+  }
+
+  /** Extends the lease every heartbeat until it is no longer held; a failed extension is retried next beat. */
+  const watchLease = (lease: Lease) =>
+    repository.extendLease(lease, config.leaseDuration).pipe(
+      Effect.catchAll((error) =>
+        Effect.as(Effect.logWarning(`heartbeat failed: ${error.message}`), "held" as LeaseStatus)
+      ),
+      Effect.delay(config.heartbeatInterval),
+      Effect.repeat({ until: (status): status is Exclude<LeaseStatus, "held"> => status !== "held" })
+    )
+
+  const runJob = (job: Job.Job, program: ProgramRecord, lease: Lease): Effect.Effect<Outcome> =>
+    Effect.gen(function*() {
+      const startedAt = yield* Clock.currentTimeMillis
+      const timeout = Option.orElse(Option.fromNullable(job.options.timeout).pipe(Option.map(Duration.decode)), () =>
+        config.jobTimeout)
+      const body = Option.match(timeout, {
+        onNone: () => job.run,
+        onSome: (duration) =>
+          Effect.timeoutFail(job.run, {
+            duration,
+            onTimeout: () => new RetryableError({ message: `timed out after ${Duration.format(duration)}` })
+          })
+      })
+      const completed = body.pipe(
+        Effect.provideService(JobContext, jobContext(program, lease, job.name, startedAt)),
+        Effect.exit,
+        Effect.map((exit): Outcome => ({ _tag: "Completed", exit }))
+      )
+      const leaseEnded = watchLease(lease).pipe(Effect.map((status): Outcome => ({ _tag: "LeaseEnded", status })))
+      const outcome = yield* Effect.raceFirst(completed, leaseEnded)
+      yield* Metric.update(metrics.jobDuration, ((yield* Clock.currentTimeMillis) - startedAt) / 1000)
+      return outcome
+    }).pipe(Effect.withSpan("program-executor.job", { attributes: { job: job.name } }))
+
+  /** The step completed: move the program on, wake the next step, then (by the caller) ack. */
+  const advance = (program: ProgramRecord, lease: Lease, job: string, startedAt: number) =>
+    Effect.gen(function*() {
+      const finished = program.step + 1 >= program.jobs.length
+      const advanced = yield* durably("advancing the step", repository.advance(lease, { finished }))
+      if (!advanced) {
+        return yield* Effect.logWarning("lease lost before the step could advance; another worker will run it again")
+      }
+      const duration = Duration.millis((yield* Clock.currentTimeMillis) - startedAt)
+      yield* events.publish(
+        ProgramEvent.StepFinished({
+          runId: program.runId,
+          step: program.step,
+          job,
+          attempt: program.stepRetryCount + 1,
+          duration
+        })
+      )
+      yield* Metric.increment(metrics.stepsCompleted)
+      if (finished) {
+        yield* Metric.increment(metrics.programsFinished)
+        yield* events.publish(ProgramEvent.ProgramFinished({ runId: program.runId }))
+        yield* Effect.logDebug("program finished")
+      } else {
+        yield* wake(program.runId, program.step + 1)
+      }
+    })
+
+  const stop = (program: ProgramRecord, lease: Lease, job: string, failure: Failure & { _tag: "Ignore" | "Fatal" }) =>
+    Effect.gen(function*() {
+      const recorded = yield* durably("recording the failure", repository.fail(lease, failure.message))
+      if (!recorded) return yield* Effect.logWarning("lease lost before the failure could be recorded")
+      const ignorable = failure._tag === "Ignore"
+      yield* Metric.increment(metrics.programsErrored)
+      yield* events.publish(
+        ProgramEvent.ProgramErrored({
+          runId: program.runId,
+          step: program.step,
+          job,
+          errorMessage: failure.message,
+          ignorable
+        })
+      )
+      if (ignorable) {
+        yield* Effect.logInfo(`program stopped by an ignorable error: ${failure.message}`)
+      } else {
+        // The old library's event name, kept so existing alerts still match.
+        yield* Effect.logError(`program errored: ${failure.message}`, failure._tag === "Fatal" ? failure.cause : "")
+          .pipe(Effect.annotateLogs("event", "Consumer error finish"))
+      }
+    })
+
+  const retry = (
+    program: ProgramRecord,
+    lease: Lease,
+    job: Job.Job | undefined,
+    failure: Failure & { _tag: "Retry" }
+  ) =>
+    Effect.gen(function*() {
+      const failures = program.stepRetryCount + (failure.countAttempt ? 1 : 0)
+      const maxAttempts = job?.options.maxAttempts ?? config.maxAttempts
+      const fatal = (message: string) =>
+        stop(program, lease, job?.name ?? "", { _tag: "Fatal", message, cause: Cause.empty })
+      if (failures >= maxAttempts) {
+        return yield* fatal(`gave up after ${failures} attempt(s): ${failure.message}`)
+      }
+      const delay = yield* nthDelay(job?.options.retrySchedule ?? config.retrySchedule, Math.max(1, failures))
+      if (Option.isNone(delay)) {
+        return yield* fatal(`retry schedule exhausted after ${failures} attempt(s): ${failure.message}`)
+      }
+      const recorded = yield* durably(
+        "recording the retry",
+        repository.scheduleRetry(lease, {
+          errorMessage: failure.message,
+          delay: delay.value,
+          countAttempt: failure.countAttempt
+        })
+      )
+      if (!recorded) return yield* Effect.logWarning("lease lost before the retry could be recorded")
+      yield* Metric.increment(metrics.stepsRetried)
+      yield* events.publish(
+        ProgramEvent.RetryScheduled({
+          runId: program.runId,
+          step: program.step,
+          job: job?.name ?? "",
+          attempt: program.stepRetryCount + 1,
+          delay: delay.value,
+          errorMessage: failure.message
+        })
+      )
+      yield* Effect.logWarning(`step will be retried in ${Duration.format(delay.value)}: ${failure.message}`).pipe(
+        Effect.annotateLogs("event", "Consumer error retry")
+      )
+      yield* wake(program.runId, program.step, delay.value)
+    })
+
+  /** Runs one claimed step. Only the job itself is interruptible; what it completed is always recorded. */
+  const runStep = (program: ProgramRecord, delivery: Delivery, restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) =>
+    Effect.gen(function*() {
+      const lease: Lease = { runId: program.runId, step: program.step, owner: config.workerId }
+      const jobName = program.jobs[program.step]
+      if (program.corruption !== null || jobName === undefined) {
+        const message = program.corruption ?? `step ${program.step} is past the last of ${program.jobs.length} job(s)`
+        return yield* stop(program, lease, jobName ?? "", { _tag: "Fatal", message, cause: Cause.empty })
+      }
+      const job = library.get(jobName)
+      const startedAt = yield* Clock.currentTimeMillis
+      yield* Metric.update(metrics.queueLag, Math.max(0, startedAt - program.nextRunAt.getTime()) / 1000)
+      if (job === undefined) {
+        if (config.onUnknownJob === "skip") {
+          yield* Effect.logWarning(`job "${jobName}" is not in this worker's library: skipped`).pipe(
+            Effect.annotateLogs("event", "job-skipped")
+          )
+          return yield* advance(program, lease, jobName, startedAt)
+        }
+        return yield* stop(program, lease, jobName, {
+          _tag: "Fatal",
+          message: `unknown job "${jobName}": this worker's library has ${library.names.join(", ") || "no jobs"}`,
+          cause: Cause.empty
+        })
+      }
+      yield* events.publish(
+        ProgramEvent.StepStarted({
+          runId: program.runId,
+          step: program.step,
+          job: jobName,
+          attempt: program.stepRetryCount + 1
+        })
+      )
+      const outcome = yield* restore(runJob(job, program, lease)).pipe(
+        Effect.onInterrupt(() =>
+          // Shutdown: give the step back so it runs again, here or on another worker.
+          repository.release(lease).pipe(Effect.ignore, Effect.zipRight(delivery.nack))
+        )
+      )
+      if (outcome._tag === "LeaseEnded") {
+        return yield* outcome.status === "cancelled"
+          ? Effect.logInfo("program was cancelled while its job ran; job interrupted").pipe(
+            Effect.zipRight(repository.release(lease).pipe(Effect.ignore)),
+            Effect.annotateLogs("event", "execution-cancelled")
+          )
+          : Effect.logWarning("lease lost while the job ran (another worker took the step); job interrupted")
+      }
+      if (Exit.isSuccess(outcome.exit)) return yield* advance(program, lease, jobName, startedAt)
+      const failure = classify(outcome.exit.cause)
+      return yield* failure._tag === "Retry"
+        ? retry(program, lease, job, failure)
+        : stop(program, lease, jobName, failure)
+    }).pipe(
+      Effect.annotateLogs({
+        runId: program.runId,
+        step: program.step,
+        job: program.jobs[program.step] ?? "",
+        attempt: program.stepRetryCount + 1
+      }),
+      Effect.withSpan("program-executor.step", {
+        attributes: { runId: program.runId, step: program.step, attempt: program.stepRetryCount + 1 }
+      })
+    )
+
+  return (delivery: Delivery): Effect.Effect<void> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const claimed = Option.isSome(delivery.claimed)
+          ? delivery.claimed
+          : yield* durably("claiming the step", repository.claim(delivery.message, claimOptions))
+        if (Option.isNone(claimed)) {
+          // Duplicate, stale, early, cancelled or finished: never executed.
+          yield* Metric.increment(metrics.wakeUpsDropped)
+          return yield* delivery.ack
+        }
+        yield* runStep(claimed.value, delivery, restore)
+        yield* delivery.ack
+      }).pipe(
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause) ? Effect.interrupt : Effect.logError("could not handle a wake-up; returning it to the queue", cause).pipe(
+            Effect.zipRight(delivery.nack)
+          )
+        ),
+        Effect.annotateLogs({ runId: delivery.message.runId, step: delivery.message.step })
+      )
+    )
+}

@@ -1,0 +1,157 @@
+/**
+ * The API an application uses: create programs, look at them, cancel and resume them. Workers run them
+ * (`Executor.run`); this service only writes rows and publishes wake-ups, so it can live in any process.
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import type * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import { randomUUID } from "node:crypto"
+import * as metrics from "./internal/metrics.js"
+import {
+  CreateProgramInput,
+  defaultListLimit,
+  InvalidProgramError,
+  type ListQuery,
+  type ProgramNotFoundError,
+  type ProgramRecord,
+  type ProgramStateError
+} from "./Program.js"
+import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
+import { ProgramQueue } from "./ProgramQueue.js"
+import { ProgramRepository, type RepositoryError } from "./ProgramRepository.js"
+
+export interface ProgramExecutorService {
+  /**
+   * Validates, stores the program, then publishes its first step; returns the runId. Invalid input fails with
+   * `InvalidProgramError` and writes nothing. Once stored the program will run: a publish that fails afterwards is
+   * logged and left to the sweeper, never reported as a failed creation.
+   */
+  readonly createProgram: (input: CreateProgramInput) => Effect.Effect<string, InvalidProgramError | RepositoryError>
+  readonly get: (runId: string) => Effect.Effect<Option.Option<ProgramRecord>, RepositoryError>
+  readonly list: (query?: ListQuery) => Effect.Effect<ReadonlyArray<ProgramRecord>, InvalidProgramError | RepositoryError>
+  /** Sets `errored_at` with the reason. A running job is interrupted at its next heartbeat. */
+  readonly cancel: (
+    runId: string,
+    reason?: string
+  ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
+  /** Clears the error of an errored program and runs it again from the step where it failed. */
+  readonly resume: (
+    runId: string
+  ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
+}
+
+const decodeInput = Schema.decodeUnknown(CreateProgramInput, { errors: "all", onExcessProperty: "error" })
+
+const invalid = (message: string) => new InvalidProgramError({ message })
+
+/** Checks what the schema cannot: job data keyed by jobs of the program, everything storable as JSON. */
+const validate = (input: unknown) =>
+  Effect.gen(function*() {
+    const decoded = yield* decodeInput(input).pipe(
+      Effect.mapError((error) => invalid(`invalid program: ${ParseResult.TreeFormatter.formatErrorSync(error)}`))
+    )
+    const jobData = decoded.jobData ?? {}
+    for (const key of Object.keys(jobData)) {
+      if (!decoded.jobs.includes(key)) {
+        return yield* invalid(`invalid program: jobData has an entry for "${key}", which is not one of its jobs`)
+      }
+    }
+    const programData = decoded.programData ?? {}
+    for (const [what, value] of [["programData", programData], ["jobData", jobData]] as const) {
+      yield* Effect.try({
+        try: () => JSON.stringify(value),
+        catch: (error) => invalid(`invalid program: ${what} cannot be stored as JSON (${String(error)})`)
+      })
+    }
+    return { jobs: decoded.jobs, programData, jobData }
+  })
+
+const validateQuery = (query: ListQuery) => {
+  const { limit = defaultListLimit, offset = 0, stepRetryCountGte = 0 } = query
+  const bad = [["limit", limit, 1], ["offset", offset, 0], ["stepRetryCountGte", stepRetryCountGte, 0]] as const
+  for (const [name, value, min] of bad) {
+    if (!Number.isInteger(value) || value < min) {
+      return Effect.fail(invalid(`invalid list query: ${name} must be an integer >= ${min}`))
+    }
+  }
+  return Effect.succeed({ ...query, limit, offset, stepRetryCountGte })
+}
+
+const publishRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
+
+export const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> = Effect.gen(
+  function*() {
+    const repository = yield* ProgramRepository
+    const queue = yield* ProgramQueue
+    const events = yield* ProgramEvents
+
+    const wake = (runId: string, step: number) =>
+      queue.publish({ runId, step }).pipe(
+        Effect.retry(publishRetry),
+        Effect.catchAll((error) =>
+          Effect.logError(`program stored but its wake-up could not be published; the sweeper will: ${error.message}`)
+        ),
+        Effect.annotateLogs({ runId, step })
+      )
+
+    return {
+      createProgram: (input) =>
+        Effect.gen(function*() {
+          const valid = yield* validate(input)
+          const runId = randomUUID()
+          yield* repository.insert({ runId, ...valid })
+          yield* Metric.increment(metrics.programsCreated)
+          yield* events.publish(ProgramEvent.ProgramCreated({ runId, jobs: valid.jobs }))
+          yield* wake(runId, 0)
+          return runId
+        }).pipe(Effect.withSpan("program-executor.createProgram")),
+
+      get: repository.get,
+
+      list: (query = {}) => Effect.flatMap(validateQuery(query), repository.list),
+
+      cancel: (runId, reason = "cancelled") =>
+        repository.cancel(runId, reason).pipe(
+          Effect.tap(() =>
+            Effect.zipRight(
+              Metric.increment(metrics.programsCancelled),
+              events.publish(ProgramEvent.ProgramCancelled({ runId, reason }))
+            )
+          )
+        ),
+
+      resume: (runId) =>
+        repository.resume(runId).pipe(
+          Effect.tap((program) =>
+            Effect.zipRight(
+              events.publish(ProgramEvent.ProgramResumed({ runId, step: program.step })),
+              wake(runId, program.step)
+            )
+          )
+        )
+    }
+  }
+)
+
+export class ProgramExecutor extends Context.Tag("@program-executor/core/ProgramExecutor")<
+  ProgramExecutor,
+  ProgramExecutorService
+>() {
+  /** Needs a `ProgramRepository` and a `ProgramQueue` (SQL, RabbitMQ or in memory). */
+  static readonly layer: Layer.Layer<ProgramExecutor, never, ProgramRepository | ProgramQueue> = Layer.effect(
+    this,
+    make
+  )
+  static readonly createProgram = (input: CreateProgramInput) =>
+    Effect.flatMap(ProgramExecutor, (executor) => executor.createProgram(input))
+  static readonly get = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.get(runId))
+  static readonly list = (query?: ListQuery) => Effect.flatMap(ProgramExecutor, (executor) => executor.list(query))
+  static readonly cancel = (runId: string, reason?: string) =>
+    Effect.flatMap(ProgramExecutor, (executor) => executor.cancel(runId, reason))
+  static readonly resume = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.resume(runId))
+}

@@ -1,0 +1,100 @@
+/**
+ * Testing programs and jobs without a database or broker: everything in memory, time driven by `TestClock`.
+ *
+ * ```ts
+ * it.effect("retries then succeeds", () =>
+ *   Effect.gen(function*() {
+ *     const runId = yield* ProgramExecutor.createProgram({ jobs: ["flaky"] })
+ *     yield* ProgramExecutorTest.runUntilIdle()
+ *     const program = yield* ProgramExecutor.get(runId)
+ *   }).pipe(Effect.provide(ProgramExecutorTest.layer({ jobs: [flaky] }))))
+ * ```
+ */
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import type * as ConfigError from "effect/ConfigError"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import * as TestClock from "effect/TestClock"
+import * as Executor from "./Executor.js"
+import * as ExecutorConfig from "./ExecutorConfig.js"
+import type * as Job from "./Job.js"
+import { JobLibrary, type JobLibraryError } from "./JobLibrary.js"
+import type { ProgramRecord } from "./Program.js"
+import * as ProgramEvents from "./ProgramEvents.js"
+import { ProgramExecutor } from "./ProgramExecutor.js"
+import { ProgramQueue } from "./ProgramQueue.js"
+import { ProgramRepository, type RepositoryError } from "./ProgramRepository.js"
+
+export class ProgramsStuckError extends Schema.TaggedError<ProgramsStuckError>()("ProgramsStuckError", {
+  message: Schema.String,
+  runIds: Schema.Array(Schema.String)
+}) {}
+
+export interface TestLayerOptions<Jobs extends ReadonlyArray<Job.Job<any>>> {
+  readonly jobs: Jobs
+  readonly config?: Partial<ExecutorConfig.ExecutorOptions>
+  /** Workers running in the background (default 1); 0 to start none and drive `Executor.run` yourself. */
+  readonly workers?: number
+}
+
+/** In-memory repository, queue and events, the `ProgramExecutor` API, and workers running in the layer's scope. */
+export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>>(
+  options: TestLayerOptions<Jobs>
+): Layer.Layer<
+  ProgramExecutor | ProgramRepository | ProgramQueue | ProgramEvents.ProgramEvents | JobLibrary,
+  JobLibraryError | ConfigError.ConfigError,
+  Job.Context<Jobs[number]>
+> => {
+  const services = Layer.mergeAll(
+    ProgramRepository.layerMemory,
+    ProgramQueue.layerMemory,
+    ProgramEvents.layer(),
+    JobLibrary.layer(...options.jobs),
+    ExecutorConfig.layer(options.config)
+  )
+  const workers = Layer.scopedDiscard(
+    Effect.forEach(
+      Array.from({ length: options.workers ?? 1 }, (_, index) => index),
+      (index) =>
+        Effect.forkScoped(
+          Effect.provideService(Executor.run, ExecutorConfig.ExecutorConfig, {
+            ...(ExecutorConfig.defaults()),
+            ...options.config,
+            workerId: `${options.config?.workerId ?? "test-worker"}-${index}`
+          })
+        ),
+      { discard: true }
+    )
+  )
+  return Layer.mergeAll(ProgramExecutor.layer, workers).pipe(Layer.provideMerge(services))
+}
+
+/**
+ * Lets the workers run until no program is in progress, moving `TestClock` forward to the next timer whenever
+ * nothing else can happen (a delayed retry, a lease expiry, a heartbeat). Returns every program. Jobs should not
+ * wait on real I/O here. Fails with `ProgramsStuckError` if programs are still in progress after `maxRounds`.
+ */
+export const runUntilIdle = (
+  options?: { readonly maxRounds?: number }
+): Effect.Effect<ReadonlyArray<ProgramRecord>, ProgramsStuckError | RepositoryError, ProgramRepository> =>
+  Effect.gen(function*() {
+    const repository = yield* ProgramRepository
+    const maxRounds = options?.maxRounds ?? 10_000
+    for (let round = 0; round < maxRounds; round++) {
+      yield* Effect.repeatN(Effect.yieldNow(), 50)
+      const inProgress = yield* repository.list({ inProgressOnly: true, limit: 1 })
+      if (inProgress.length === 0) return yield* repository.list({ order: "asc", limit: Number.MAX_SAFE_INTEGER })
+      const sleeps = yield* TestClock.sleeps()
+      if (Chunk.isNonEmpty(sleeps)) {
+        const now = yield* Clock.currentTimeMillis
+        yield* TestClock.adjust(Math.max(1, Math.min(...sleeps) - now))
+      }
+    }
+    const stuck = yield* repository.list({ inProgressOnly: true, limit: 20 })
+    return yield* new ProgramsStuckError({
+      message: `${stuck.length} program(s) still in progress after ${maxRounds} rounds`,
+      runIds: stuck.map((program) => program.runId)
+    })
+  })

@@ -1,0 +1,104 @@
+/**
+ * Where programs are stored: the only source of truth. Every operation that moves a program is one atomic,
+ * conditional write, so two workers can never both run or both advance the same step.
+ */
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import { makeMemoryRepository } from "./internal/memoryRepository.js"
+import type {
+  ListQuery,
+  NewProgram,
+  ProgramNotFoundError,
+  ProgramRecord,
+  ProgramStateError,
+  WakeUp
+} from "./Program.js"
+
+export class RepositoryError extends Schema.TaggedError<RepositoryError>()("RepositoryError", {
+  message: Schema.String,
+  cause: Schema.optionalWith(Schema.Defect, { exact: true })
+}) {}
+
+/** Proof that a worker holds the current step of a program. Writes guarded by it fail once it is lost. */
+export interface Lease {
+  readonly runId: string
+  readonly step: number
+  readonly owner: string
+}
+
+export interface ClaimOptions {
+  /** Identifies the worker; written to `locked_by`. */
+  readonly owner: string
+  readonly leaseFor: Duration.Duration
+}
+
+/**
+ * - `held`: the lease was extended.
+ * - `cancelled`: the program was errored meanwhile (cancelled through the API or by hand in SQL).
+ * - `lost`: someone else holds the step, or it moved on (the lease had expired).
+ */
+export type LeaseStatus = "held" | "cancelled" | "lost"
+
+export interface RetryOptions {
+  readonly errorMessage: string
+  /** The step runs again no earlier than this long after now (database clock). */
+  readonly delay: Duration.Duration
+  /** False for a checkpoint budget overrun, which the old library did not count as an attempt. */
+  readonly countAttempt: boolean
+}
+
+export interface StaleQuery {
+  /** Only programs that have not moved (`updated_at`, `next_run_at`) for this long. */
+  readonly idleFor: Duration.Duration
+  readonly limit: number
+}
+
+export class ProgramRepository extends Context.Tag("@program-executor/core/ProgramRepository")<
+  ProgramRepository,
+  {
+    readonly insert: (program: NewProgram) => Effect.Effect<ProgramRecord, RepositoryError>
+    readonly get: (runId: string) => Effect.Effect<Option.Option<ProgramRecord>, RepositoryError>
+    readonly list: (query: ListQuery) => Effect.Effect<ReadonlyArray<ProgramRecord>, RepositoryError>
+    /**
+     * Takes the lease on step `target.step` if, atomically: the program is neither finished nor errored, is at
+     * that step, its lease is free or expired, and `next_run_at` is due. Returns the row as it is after the claim
+     * (so nothing re-reads it), or `None` when the claim is refused (duplicate, stale, cancelled, finished, early).
+     */
+    readonly claim: (
+      target: WakeUp,
+      options: ClaimOptions
+    ) => Effect.Effect<Option.Option<ProgramRecord>, RepositoryError>
+    readonly extendLease: (lease: Lease, leaseFor: Duration.Duration) => Effect.Effect<LeaseStatus, RepositoryError>
+    /** Replaces one job's entry of `job_data`, only while the lease is held. False when it is not. */
+    readonly writeJobData: (lease: Lease, jobName: string, value: unknown) => Effect.Effect<boolean, RepositoryError>
+    /**
+     * Moves to `step + 1` (clearing the lease and `step_retry_count`) or, when `finished`, sets `finished_at`.
+     * Guarded by step and lease: false when the lease was lost and nothing changed.
+     */
+    readonly advance: (lease: Lease, options: { readonly finished: boolean }) => Effect.Effect<boolean, RepositoryError>
+    /** Records a retryable failure, releases the lease and sets `next_run_at`. Guarded like `advance`. */
+    readonly scheduleRetry: (lease: Lease, options: RetryOptions) => Effect.Effect<boolean, RepositoryError>
+    /** Sets `errored_at` and `error_message` and releases the lease. Guarded like `advance`. */
+    readonly fail: (lease: Lease, errorMessage: string) => Effect.Effect<boolean, RepositoryError>
+    /** Gives the step back without recording anything (an interrupted job): it can be claimed again at once. */
+    readonly release: (lease: Lease) => Effect.Effect<void, RepositoryError>
+    /** Sets `errored_at` with the reason; a running job sees it at its next heartbeat. */
+    readonly cancel: (
+      runId: string,
+      reason: string
+    ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
+    /** Clears the error of an errored program and resets its retry count, at the step where it failed. */
+    readonly resume: (
+      runId: string
+    ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
+    /** Steps that should be running but apparently are not: unfinished, not errored, unleased, due, idle. */
+    readonly findStale: (query: StaleQuery) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
+  }
+>() {
+  /** Keeps programs in memory, with the same semantics as the SQL repository. For tests, yours and ours. */
+  static readonly layerMemory: Layer.Layer<ProgramRepository> = Layer.effect(this, makeMemoryRepository)
+}

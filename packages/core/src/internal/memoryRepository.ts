@@ -1,0 +1,187 @@
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import type { ProgramRecord } from "../Program.js"
+import { defaultListLimit, ProgramNotFoundError, ProgramStateError, status } from "../Program.js"
+import type { Lease, ProgramRepository } from "../ProgramRepository.js"
+
+/** Stored values go through JSON, as they do in SQL, so memory-backed tests catch what a database would. */
+const jsonCopy = <A>(value: A): A => JSON.parse(JSON.stringify(value))
+
+export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Effect.gen(function*() {
+  const rows = yield* Ref.make(new Map<string, ProgramRecord>())
+  let nextId = 1
+  const now = Clock.currentTimeMillis.pipe(Effect.map((millis) => new Date(millis)))
+
+  /** Applies `change` to the row if `guard` accepts it, atomically; returns the row after the change. */
+  const updateIf = (
+    runId: string,
+    guard: (row: ProgramRecord, now: Date) => boolean,
+    change: (row: ProgramRecord, now: Date) => Partial<ProgramRecord>
+  ) =>
+    Effect.flatMap(now, (at) =>
+      Ref.modify(rows, (map): [Option.Option<ProgramRecord>, Map<string, ProgramRecord>] => {
+        const row = map.get(runId)
+        if (row === undefined || !guard(row, at)) return [Option.none(), map]
+        const updated: ProgramRecord = { ...row, updatedAt: at, ...change(row, at) }
+        return [Option.some(updated), new Map(map).set(runId, updated)]
+      }))
+
+  const holds = (lease: Lease) => (row: ProgramRecord, at: Date) =>
+    row.step === lease.step && row.lockedBy === lease.owner && row.lockedUntil !== null &&
+    row.lockedUntil > at && row.finishedAt === null && row.erroredAt === null
+
+  const released = { lockedBy: null, lockedUntil: null } as const
+  const inProgress = (row: ProgramRecord) => row.finishedAt === null && row.erroredAt === null
+  const plus = (at: Date, duration: Duration.Duration) => new Date(at.getTime() + Duration.toMillis(duration))
+
+  const find = (runId: string) => Ref.get(rows).pipe(Effect.map((map) => Option.fromNullable(map.get(runId))))
+
+  const service: ProgramRepository["Type"] = {
+    insert: (program) =>
+      Effect.flatMap(now, (at) =>
+        Ref.modify(rows, (map) => {
+          const row: ProgramRecord = {
+            id: nextId++,
+            runId: program.runId,
+            jobs: [...program.jobs],
+            programData: jsonCopy(program.programData),
+            jobData: jsonCopy(program.jobData),
+            step: 0,
+            stepRetryCount: 0,
+            finishedAt: null,
+            erroredAt: null,
+            errorMessage: null,
+            createdAt: at,
+            updatedAt: at,
+            lockedBy: null,
+            lockedUntil: null,
+            nextRunAt: at,
+            corruption: null
+          }
+          return [row, new Map(map).set(row.runId, row)]
+        })),
+
+    get: find,
+
+    list: (query) =>
+      Effect.map(Ref.get(rows), (map) => {
+        const order = query.order ?? "desc"
+        return Array.from(map.values())
+          .filter((row) =>
+            (!query.inProgressOnly || inProgress(row)) &&
+            (query.status === undefined || status(row) === query.status) &&
+            row.stepRetryCount >= (query.stepRetryCountGte ?? 0)
+          )
+          .sort((a, b) => order === "asc" ? a.id - b.id : b.id - a.id)
+          .slice(query.offset ?? 0, (query.offset ?? 0) + (query.limit ?? defaultListLimit))
+      }),
+
+    claim: (target, options) =>
+      updateIf(
+        target.runId,
+        (row, at) =>
+          inProgress(row) && row.step === target.step && row.nextRunAt <= at &&
+          (row.lockedUntil === null || row.lockedUntil <= at),
+        (_, at) => ({ lockedBy: options.owner, lockedUntil: plus(at, options.leaseFor) })
+      ),
+
+    extendLease: (lease, leaseFor) =>
+      Effect.flatMap(
+        updateIf(lease.runId, holds(lease), (row, at) => ({ lockedUntil: plus(at, leaseFor), updatedAt: row.updatedAt })),
+        Option.match({
+          onSome: () => Effect.succeed("held" as const),
+          onNone: () =>
+            Effect.map(find(lease.runId), (row) =>
+              Option.isSome(row) && row.value.erroredAt !== null && row.value.step === lease.step
+                ? "cancelled" as const
+                : "lost" as const)
+        })
+      ),
+
+    writeJobData: (lease, jobName, value) =>
+      updateIf(lease.runId, holds(lease), (row) => ({ jobData: { ...row.jobData, [jobName]: jsonCopy(value) } })).pipe(
+        Effect.map(Option.isSome)
+      ),
+
+    advance: (lease, { finished }) =>
+      updateIf(
+        lease.runId,
+        holds(lease),
+        (row, at) =>
+          finished
+            ? { ...released, finishedAt: at, stepRetryCount: 0 }
+            : { ...released, step: row.step + 1, stepRetryCount: 0, nextRunAt: at }
+      ).pipe(Effect.map(Option.isSome)),
+
+    scheduleRetry: (lease, options) =>
+      updateIf(lease.runId, holds(lease), (row, at) => ({
+        ...released,
+        errorMessage: options.errorMessage,
+        stepRetryCount: row.stepRetryCount + (options.countAttempt ? 1 : 0),
+        nextRunAt: plus(at, options.delay)
+      })).pipe(Effect.map(Option.isSome)),
+
+    fail: (lease, errorMessage) =>
+      updateIf(lease.runId, holds(lease), (_, at) => ({ ...released, erroredAt: at, errorMessage })).pipe(
+        Effect.map(Option.isSome)
+      ),
+
+    release: (lease) =>
+      updateIf(lease.runId, (row) => row.step === lease.step && row.lockedBy === lease.owner, () => released).pipe(
+        Effect.asVoid
+      ),
+
+    cancel: (runId, reason) =>
+      updateIf(runId, inProgress, (_, at) => ({ erroredAt: at, errorMessage: reason })).pipe(
+        Effect.flatMap(Option.match({
+          onSome: Effect.succeed,
+          onNone: () => refuse(runId, (row) => `program is already ${status(row)}`)
+        }))
+      ),
+
+    resume: (runId) =>
+      updateIf(runId, (row) => row.erroredAt !== null && row.finishedAt === null, (_, at) => ({
+        ...released,
+        erroredAt: null,
+        errorMessage: null,
+        stepRetryCount: 0,
+        nextRunAt: at
+      })).pipe(
+        Effect.flatMap(Option.match({
+          onSome: Effect.succeed,
+          onNone: () => refuse(runId, (row) => `only an errored program can be resumed; this one is ${status(row)}`)
+        }))
+      ),
+
+    findStale: ({ idleFor, limit }) =>
+      Effect.flatMap(now, (at) =>
+        Effect.map(Ref.get(rows), (map) => {
+          const idleSince = at.getTime() - Duration.toMillis(idleFor)
+          return Array.from(map.values())
+            .filter((row) =>
+              inProgress(row) && (row.lockedUntil === null || row.lockedUntil <= at) &&
+              row.nextRunAt.getTime() <= idleSince && row.updatedAt.getTime() <= idleSince
+            )
+            .sort((a, b) => a.id - b.id)
+            .slice(0, limit)
+            .map((row) => ({ runId: row.runId, step: row.step }))
+        }))
+  }
+
+  /** Explains why a conditional update did not apply: no such program, or the wrong state for it. */
+  const refuse = (
+    runId: string,
+    explain: (row: ProgramRecord) => string
+  ): Effect.Effect<never, ProgramNotFoundError | ProgramStateError> =>
+    Effect.flatMap(find(runId), (row) =>
+      Effect.fail(
+        Option.isNone(row)
+          ? new ProgramNotFoundError({ runId })
+          : new ProgramStateError({ runId, message: explain(row.value) })
+      ))
+
+  return service
+})
