@@ -18,6 +18,7 @@ export default defineConfig({
       project("sql", "packages/sql/test"),
       project("amqp", "packages/amqp/test"),
       project("cli", "packages/cli/test"),
+      project("compat", "packages/compat/test"),
       project("examples", "examples"),
       project("e2e", "test", { singleFork: true })
     ]
