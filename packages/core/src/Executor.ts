@@ -63,7 +63,11 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
       const inFlight = yield* FiberSet.size(running)
       if (inFlight === 0) return
       yield* Effect.logInfo(`shutting down: waiting for ${inFlight} running step(s)`)
-      const drained = yield* FiberSet.awaitEmpty(running).pipe(Effect.timeout(config.shutdownGrace), Effect.option)
+      // Finalizers run uninterruptibly; the wait must be interruptible for the timeout to end it.
+      const drained = yield* Effect.interruptible(FiberSet.awaitEmpty(running)).pipe(
+        Effect.timeout(config.shutdownGrace),
+        Effect.option
+      )
       if (Option.isNone(drained)) {
         yield* Effect.logWarning(`shutdown grace elapsed: interrupting ${yield* FiberSet.size(running)} step(s)`)
       }

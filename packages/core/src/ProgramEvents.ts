@@ -48,13 +48,16 @@ export interface ProgramEventsService {
 /** Without `layer` provided, events go nowhere: publishing costs nothing and the stream is empty. */
 export class ProgramEvents extends Context.Reference<ProgramEvents>()("@program-executor/core/ProgramEvents", {
   defaultValue: (): ProgramEventsService => ({ publish: () => Effect.void, stream: Stream.empty })
-}) {}
+}) {
+  static readonly layer = (options?: { readonly capacity?: number }) => layer(options)
+  static readonly stream = Stream.unwrap(Effect.map(this, (events) => events.stream))
+}
 
 /**
  * An in-process hub. Events published with no subscriber are dropped, so an idle hub costs nothing; a subscriber
  * that falls more than `capacity` events behind loses the oldest (events are observability, never control).
  */
-export const layer = (options?: { readonly capacity?: number }): Layer.Layer<ProgramEvents> =>
+const layer = (options?: { readonly capacity?: number }): Layer.Layer<ProgramEvents> =>
   Layer.scoped(
     ProgramEvents,
     Effect.gen(function*() {
@@ -66,6 +69,3 @@ export const layer = (options?: { readonly capacity?: number }): Layer.Layer<Pro
     })
   )
 
-export const stream: Stream.Stream<ProgramEvent> = Stream.unwrap(
-  Effect.map(ProgramEvents, (events) => events.stream)
-)

@@ -84,7 +84,7 @@ const validateQuery = (query: ListQuery) => {
 
 const publishRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
-export const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> = Effect.gen(
+const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> = Effect.gen(
   function*() {
     const repository = yield* ProgramRepository
     const queue = yield* ProgramQueue
@@ -147,6 +147,7 @@ export class ProgramExecutor extends Context.Tag("@program-executor/core/Program
     this,
     make
   )
+  static readonly make = make
   static readonly createProgram = (input: CreateProgramInput) =>
     Effect.flatMap(ProgramExecutor, (executor) => executor.createProgram(input))
   static readonly get = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.get(runId))

@@ -22,7 +22,7 @@ import * as ExecutorConfig from "./ExecutorConfig.js"
 import type * as Job from "./Job.js"
 import { JobLibrary, type JobLibraryError } from "./JobLibrary.js"
 import type { ProgramRecord } from "./Program.js"
-import * as ProgramEvents from "./ProgramEvents.js"
+import { ProgramEvents } from "./ProgramEvents.js"
 import { ProgramExecutor } from "./ProgramExecutor.js"
 import { ProgramQueue } from "./ProgramQueue.js"
 import { ProgramRepository, type RepositoryError } from "./ProgramRepository.js"
@@ -32,41 +32,41 @@ export class ProgramsStuckError extends Schema.TaggedError<ProgramsStuckError>()
   runIds: Schema.Array(Schema.String)
 }) {}
 
-export interface TestLayerOptions<Jobs extends ReadonlyArray<Job.Job<any>>> {
+export interface TestLayerOptions<Jobs extends ReadonlyArray<Job.Job<any>>, E = never> {
   readonly jobs: Jobs
+  /** Where programs and wake-ups live; in memory unless given (our adapters' tests pass SQL or RabbitMQ here). */
+  readonly storage?: Layer.Layer<ProgramRepository | ProgramQueue, E>
   readonly config?: Partial<ExecutorConfig.ExecutorOptions>
   /** Workers running in the background (default 1); 0 to start none and drive `Executor.run` yourself. */
   readonly workers?: number
 }
 
 /** In-memory repository, queue and events, the `ProgramExecutor` API, and workers running in the layer's scope. */
-export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>>(
-  options: TestLayerOptions<Jobs>
+export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>, E = never>(
+  options: TestLayerOptions<Jobs, E>
 ): Layer.Layer<
-  ProgramExecutor | ProgramRepository | ProgramQueue | ProgramEvents.ProgramEvents | JobLibrary,
-  JobLibraryError | ConfigError.ConfigError,
+  ProgramExecutor | ProgramRepository | ProgramQueue | ProgramEvents | JobLibrary,
+  JobLibraryError | ConfigError.ConfigError | E,
   Job.Context<Jobs[number]>
 > => {
   const services = Layer.mergeAll(
-    ProgramRepository.layerMemory,
-    ProgramQueue.layerMemory,
+    options.storage ?? Layer.merge(ProgramRepository.layerMemory, ProgramQueue.layerMemory),
     ProgramEvents.layer(),
     JobLibrary.layer(...options.jobs),
     ExecutorConfig.layer(options.config)
   )
   const workers = Layer.scopedDiscard(
-    Effect.forEach(
-      Array.from({ length: options.workers ?? 1 }, (_, index) => index),
-      (index) =>
-        Effect.forkScoped(
+    Effect.gen(function*() {
+      const config = yield* ExecutorConfig.ExecutorConfig
+      for (let index = 0; index < (options.workers ?? 1); index++) {
+        yield* Effect.forkScoped(
           Effect.provideService(Executor.run, ExecutorConfig.ExecutorConfig, {
-            ...(ExecutorConfig.defaults()),
-            ...options.config,
-            workerId: `${options.config?.workerId ?? "test-worker"}-${index}`
+            ...config,
+            workerId: `${config.workerId}-${index}`
           })
-        ),
-      { discard: true }
-    )
+        )
+      }
+    })
   )
   return Layer.mergeAll(ProgramExecutor.layer, workers).pipe(Layer.provideMerge(services))
 }

@@ -1,0 +1,532 @@
+/**
+ * The executor's end-to-end suite: the execution invariants of DESIGN.md, proven on any storage (a repository and a
+ * queue). Runs on the live clock with short durations, so it works where time is a database's clock; waits are on
+ * outcomes, polled with a bound. Each test gets its own namespace (table / queue names) from `makeLayer`.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import type { ProgramRecord } from "@program-executor/core"
+import {
+  Executor,
+  ExecutorConfig,
+  FatalError,
+  IgnorableError,
+  InvalidProgramError,
+  Job,
+  JobContext,
+  JobLibrary,
+  ProgramEvents,
+  ProgramExecutor,
+  ProgramQueue,
+  ProgramRepository,
+  RetryableError
+} from "@program-executor/core"
+import { Deferred, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Scope, Stream } from "effect"
+
+/** Short everything, so faults resolve in well under a second. */
+export const fastConfig: Partial<ExecutorConfig.ExecutorOptions> = {
+  concurrency: 8,
+  leaseDuration: Duration.seconds(2),
+  heartbeatInterval: Duration.millis(100),
+  retrySchedule: Schedule.spaced("10 millis"),
+  maxAttempts: 5,
+  sweepInterval: Duration.millis(200),
+  staleAfter: Duration.millis(500),
+  shutdownGrace: Duration.seconds(5),
+  storageRetry: Schedule.spaced("50 millis").pipe(Schedule.upTo("20 seconds"))
+}
+
+export interface Execution {
+  readonly runId: string
+  readonly job: string
+  readonly step: number
+  readonly attempt: number
+}
+
+/** A job that records each run, then does `body`. */
+export const recorded = <E extends Job.Job["run"] extends Effect.Effect<any, infer X, any> ? X : never>(
+  log: Ref.Ref<ReadonlyArray<Execution>>,
+  name: string,
+  body: (ctx: JobContext["Type"]) => Effect.Effect<unknown, E> = () => Effect.void
+) =>
+  Job.make(
+    name,
+    Effect.gen(function*() {
+      const ctx = yield* JobContext
+      yield* Ref.update(log, (runs) => [...runs, { runId: ctx.runId, job: name, step: ctx.step, attempt: ctx.attempt }])
+      return yield* body(ctx)
+    })
+  )
+
+/** Polls until `done` holds for the program, at most `within`. */
+export const awaitProgram = (
+  runId: string,
+  done: (program: ProgramRecord) => boolean = (program) => program.finishedAt !== null || program.erroredAt !== null,
+  within: Duration.DurationInput = "30 seconds"
+) =>
+  Effect.flatMap(ProgramRepository, (repository) =>
+    pollUntil(
+      repository.get(runId).pipe(Effect.map(Option.getOrThrowWith(() => new Error(`program ${runId} not found`)))),
+      done
+    ).pipe(
+      Effect.timeoutFail({
+        duration: within,
+        onTimeout: () => new Error(`program ${runId} did not reach the expected state within ${Duration.format(within)}`)
+      })
+    ))
+
+/** Runs `effect` every 20 ms until its result satisfies `done`. Bound it with a timeout. */
+export const pollUntil = <A, E, R>(effect: Effect.Effect<A, E, R>, done: (value: A) => boolean): Effect.Effect<A, E, R> => {
+  const loop: Effect.Effect<A, E, R> = Effect.flatMap(effect, (value) =>
+    done(value) ? Effect.succeed(value) : Effect.zipRight(Effect.sleep("20 millis"), Effect.suspend(() => loop)))
+  return loop
+}
+
+export const awaitAll = (runIds: ReadonlyArray<string>, within?: Duration.DurationInput) =>
+  Effect.forEach(runIds, (runId) => awaitProgram(runId, undefined, within), { concurrency: 16 })
+
+type Storage = ProgramRepository | ProgramQueue
+
+/**
+ * Storage built once per test; workers started and stopped on it at will (a worker's scope is its lifetime).
+ * Provides the `ProgramExecutor` API, the storage and an events hub to the body.
+ */
+const harness = <A, E>(
+  storage: Layer.Layer<Storage, unknown>,
+  jobs: ReadonlyArray<Job.Job>,
+  body: (workers: {
+    readonly start: (config?: Partial<ExecutorConfig.ExecutorOptions>) => Effect.Effect<Scope.CloseableScope>
+  }) => Effect.Effect<A, E, Storage | ProgramExecutor | ProgramEvents>,
+  config?: Partial<ExecutorConfig.ExecutorOptions>
+) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(
+      Layer.mergeAll(storage, ProgramEvents.layer(), JobLibrary.layer(...jobs)).pipe(Layer.orDie)
+    )
+    let workerCount = 0
+    const start = (overrides: Partial<ExecutorConfig.ExecutorOptions> = {}) =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const options: ExecutorConfig.ExecutorOptions = {
+          ...ExecutorConfig.defaults(),
+          ...fastConfig,
+          ...config,
+          ...overrides,
+          workerId: `worker-${workerCount++}`
+        }
+        yield* Effect.forkIn(
+          Executor.run.pipe(Effect.provide(context), Effect.provideService(ExecutorConfig.ExecutorConfig, options)),
+          scope
+        )
+        return scope
+      })
+    const executor = yield* Effect.provide(ProgramExecutor.make, context)
+    return yield* body({ start }).pipe(
+      Effect.provide(context),
+      Effect.provideService(ProgramExecutor, executor)
+    )
+  })
+
+export const executorConformance = (
+  name: string,
+  makeLayer: (namespace: string) => Layer.Layer<Storage, unknown>
+) =>
+  describe(`executor on ${name}`, () => {
+    let counter = 0
+    const namespace = () => `pe_${Date.now().toString(36)}_${counter++}_${Math.random().toString(36).slice(2, 6)}`
+    const run = <A, E>(
+      jobs: ReadonlyArray<Job.Job>,
+      body: Parameters<typeof harness<A, E>>[2],
+      config?: Partial<ExecutorConfig.ExecutorOptions>
+    ) => harness(makeLayer(namespace()), jobs, body, config)
+
+    it.scopedLive("runs the jobs of a program in order, each once, and keeps `step` at the last job", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const jobs = ["a", "b", "c"].map((job) => recorded(log, job))
+        yield* run(jobs, (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runIds = yield* Effect.forEach(
+              [1, 2, 3],
+              () => ProgramExecutor.createProgram({ jobs: ["a", "b", "c"], programData: { shop: 1 } })
+            )
+            const programs = yield* awaitAll(runIds)
+            for (const program of programs) {
+              expect(program.finishedAt).not.toBeNull()
+              expect(program.erroredAt).toBeNull()
+              expect(program.step).toBe(2)
+              expect(program.lockedBy).toBeNull()
+              const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === program.runId)
+              expect(runs.map((execution) => execution.job)).toEqual(["a", "b", "c"])
+              expect(runs.map((execution) => execution.step)).toEqual([0, 1, 2])
+            }
+          }))
+      }))
+
+    it.scopedLive("runs programs concurrently, up to the concurrency and never more", () =>
+      Effect.gen(function*() {
+        const concurrency = 4
+        const active = yield* Ref.make(0)
+        const peak = yield* Ref.make(0)
+        const release = yield* Deferred.make<void>()
+        const gated = Job.make(
+          "gated",
+          Effect.gen(function*() {
+            const now = yield* Ref.updateAndGet(active, (n) => n + 1)
+            yield* Ref.update(peak, (max) => Math.max(max, now))
+            yield* Deferred.await(release)
+            yield* Ref.update(active, (n) => n - 1)
+          })
+        )
+        yield* run([gated], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start({ concurrency })
+            const runIds = yield* Effect.forEach(
+              Array.from({ length: 12 }),
+              () => ProgramExecutor.createProgram({ jobs: ["gated"] })
+            )
+            // All slots fill up, really overlapping, before any job may finish.
+            yield* pollUntil(Ref.get(active), (n) => n === concurrency).pipe(Effect.timeout("30 seconds"))
+            yield* Deferred.succeed(release, undefined)
+            yield* awaitAll(runIds)
+            expect(yield* Ref.get(peak)).toBe(concurrency)
+          }))
+      }))
+
+    it.scopedLive("retries a retryable failure and keeps job data across the retry", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const flaky = recorded(log, "flaky", (ctx) =>
+          Effect.gen(function*() {
+            const { pages = [] } = yield* ctx.jobData.get
+            yield* ctx.jobData.merge({ pages: [...pages, ctx.attempt] })
+            if (ctx.attempt < 3) return yield* new RetryableError({ message: `rate limited (${ctx.attempt})` })
+          }))
+        yield* run([flaky, recorded(log, "after")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["flaky", "after"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect(program.jobData).toEqual({ flaky: { pages: [1, 2, 3] } })
+            expect(program.stepRetryCount).toBe(0)
+            // As in the old library, error_message keeps the last caught error.
+            expect(program.errorMessage).toBe("rate limited (2)")
+            expect((yield* Ref.get(log)).map((execution) => `${execution.job}#${execution.attempt}`)).toEqual([
+              "flaky#1",
+              "flaky#2",
+              "flaky#3",
+              "after#1"
+            ])
+          }))
+      }))
+
+    it.scopedLive("gives up after the job's maximum attempts: fatal, and the rest never runs", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const failing = Job.make(
+          "always_failing",
+          Effect.fail(new RetryableError({ message: "still down" })),
+          { maxAttempts: 3 }
+        )
+        yield* run([failing, recorded(log, "never")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["always_failing", "never"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.erroredAt).not.toBeNull()
+            expect(program.step).toBe(0)
+            expect(program.stepRetryCount).toBe(2)
+            expect(program.errorMessage).toBe("gave up after 3 attempt(s): still down")
+            expect(yield* Ref.get(log)).toEqual([])
+          }))
+      }))
+
+    it.scopedLive("an ignorable failure stops the program quietly, with an ignorable event", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const ignorable = Job.make("ignorable", Effect.fail(new IgnorableError({ message: "nothing to do", code: 404 })))
+        yield* run([ignorable, recorded(log, "never")], (workers) =>
+          Effect.gen(function*() {
+            const events = yield* ProgramEvents
+            const errored = yield* events.stream.pipe(
+              Stream.filter((event) => event._tag === "ProgramErrored"),
+              Stream.runHead,
+              Effect.fork
+            )
+            yield* Effect.yieldNow()
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["ignorable", "never"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.erroredAt).not.toBeNull()
+            expect(program.errorMessage).toBe("nothing to do")
+            expect(yield* Ref.get(log)).toEqual([])
+            const event = yield* errored.await
+            expect(Exit.isSuccess(event) && Option.isSome(event.value) && event.value.value).toMatchObject({
+              runId,
+              ignorable: true
+            })
+          }))
+      }))
+
+    it.scopedLive("a fatal failure, a defect or a thrown error stop the program where it happened", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const jobs = [
+          Job.make("fatal", Effect.fail(new FatalError({ message: "bad input" }))),
+          Job.make("defect", Effect.die(new Error("boom"))),
+          Job.fromPromise("throws", async () => {
+            throw new TypeError("undefined is not a function")
+          }),
+          // The old library's convention: any error with `retryable: true` is retried.
+          Job.fromPromise("seed_retryable", async (ctx) => {
+            if (ctx.attempt === 1) throw Object.assign(new Error("try again"), { retryable: true })
+          }),
+          recorded(log, "next")
+        ]
+        yield* run(jobs, (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const create = (first: string) => ProgramExecutor.createProgram({ jobs: ["next", first, "next"] })
+            const [fatal, defect, throws, seed] = yield* Effect.forEach(
+              ["fatal", "defect", "throws", "seed_retryable"],
+              create
+            )
+            const programs = yield* awaitAll([fatal!, defect!, throws!, seed!])
+            expect(programs.map((program) => [program.step, program.errorMessage, program.erroredAt !== null])).toEqual(
+              [
+                [1, "bad input", true],
+                [1, "boom", true],
+                [1, "undefined is not a function", true],
+                [2, "try again", false]
+              ]
+            )
+            expect((yield* Ref.get(log)).length).toBe(4 + 1)
+          }))
+      }))
+
+    it.scopedLive("a checkpoint past its budget is retried without counting an attempt, resuming from its progress", () =>
+      Effect.gen(function*() {
+        const pagesSeen = yield* Ref.make<ReadonlyArray<number>>([])
+        const paging = Job.make(
+          "paging",
+          Effect.gen(function*() {
+            const ctx = yield* JobContext
+            const { page = 0 } = yield* ctx.jobData.get
+            for (let next = page; next < 6; next++) {
+              yield* Ref.update(pagesSeen, (pages) => [...pages, next])
+              yield* Effect.sleep("15 millis") // the work of one page
+              yield* ctx.checkpoint({ page: next + 1 }, { maxExecutionTime: "40 millis" })
+            }
+          }),
+          { maxAttempts: 1 } // a counted retry would be fatal
+        )
+        yield* run([paging], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["paging"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect(program.jobData).toEqual({ paging: { page: 6 } })
+            expect(program.errorMessage).toMatch(/^execution time exceeded/)
+            // Every page once: each run resumed where the previous one stopped.
+            expect(yield* Ref.get(pagesSeen)).toEqual([0, 1, 2, 3, 4, 5])
+          }))
+      }))
+
+    it.scopedLive("an unknown job fails the program naming it; with onUnknownJob: skip it is skipped", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        yield* run([recorded(log, "known")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["known", "mystery", "known"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.step).toBe(1)
+            expect(program.errorMessage).toMatch(/unknown job "mystery"/)
+          }))
+        yield* run([recorded(log, "known")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start({ onUnknownJob: "skip" })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["known", "mystery", "known"] })
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect(program.erroredAt).toBeNull()
+          }))
+        expect((yield* Ref.get(log)).length).toBe(3)
+      }))
+
+    it.scopedLive("duplicate and stale wake-ups never run a step again", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const release = yield* Deferred.make<void>()
+        const slow = recorded(log, "slow", () => Deferred.await(release))
+        yield* run([slow, recorded(log, "quick")], (workers) =>
+          Effect.gen(function*() {
+            const queue = yield* ProgramQueue
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["slow", "quick"] })
+            yield* awaitProgram(runId, (program) => program.lockedBy !== null)
+            // Duplicates of the running step, and a wake-up for a step the program has not reached.
+            yield* Effect.forEach([0, 0, 0, 1, 1], (step) => queue.publish({ runId, step }), { discard: true })
+            yield* Deferred.succeed(release, undefined)
+            yield* awaitProgram(runId)
+            // Stale: the program is finished.
+            yield* Effect.forEach([0, 1], (step) => queue.publish({ runId, step }), { discard: true })
+            // A second program finishing proves the worker has processed the wake-ups published before it.
+            const later = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
+            yield* awaitProgram(later)
+            const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+            expect(runs.map((execution) => execution.job)).toEqual(["slow", "quick"])
+          }))
+      }))
+
+    it.scopedLive("after a worker dies holding a step, its lease expires and another worker continues", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        yield* run([recorded(log, "a"), recorded(log, "b")], (workers) =>
+          Effect.gen(function*() {
+            const repository = yield* ProgramRepository
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "b"] })
+            // A worker claims step 0, then dies: it never heartbeats, advances or acks.
+            const claimed = yield* repository.claim({ runId, step: 0 }, {
+              owner: "dead-worker",
+              leaseFor: Duration.millis(600)
+            })
+            expect(Option.isSome(claimed)).toBe(true)
+            yield* workers.start()
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect((yield* Ref.get(log)).map((execution) => execution.job)).toEqual(["a", "b"])
+          }))
+      }))
+
+    it.scopedLive("cancelling a running program interrupts its job at the next heartbeat", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const interrupted = yield* Deferred.make<void>()
+        const endless = recorded(log, "endless", () => Effect.never.pipe(Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))))
+        yield* run([endless, recorded(log, "never")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["endless", "never"] })
+            yield* awaitProgram(runId, (program) => program.lockedBy !== null)
+            yield* ProgramExecutor.cancel(runId, "requested by user")
+            yield* Deferred.await(interrupted).pipe(Effect.timeout("10 seconds"))
+            const program = yield* awaitProgram(runId, (program) => program.lockedBy === null)
+            expect(program.erroredAt).not.toBeNull()
+            expect(program.errorMessage).toBe("requested by user")
+            expect((yield* Ref.get(log)).map((execution) => execution.job)).toEqual(["endless"])
+            const again = yield* Effect.flip(ProgramExecutor.cancel(runId))
+            expect(again._tag).toBe("ProgramStateError")
+          }))
+      }))
+
+    it.scopedLive("resume runs an errored program again from the step where it failed", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const broken = yield* Ref.make(true)
+        const fragile = recorded(log, "fragile", () =>
+          Effect.flatMap(Ref.get(broken), (isBroken) =>
+            isBroken ? Effect.fail(new FatalError({ message: "dependency missing" })) : Effect.void))
+        yield* run([recorded(log, "first"), fragile], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["first", "fragile"] })
+            const failed = yield* awaitProgram(runId)
+            expect(failed.erroredAt).not.toBeNull()
+            const notErrored = yield* ProgramExecutor.createProgram({ jobs: ["first"] })
+            yield* awaitProgram(notErrored)
+            expect((yield* Effect.flip(ProgramExecutor.resume(notErrored)))._tag).toBe("ProgramStateError")
+            expect((yield* Effect.flip(ProgramExecutor.resume("no-such-run")))._tag).toBe("ProgramNotFoundError")
+            yield* Ref.set(broken, false)
+            yield* ProgramExecutor.resume(runId)
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect(program.erroredAt).toBeNull()
+            const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+            expect(runs.map((execution) => execution.job)).toEqual(["first", "fragile", "fragile"])
+          }))
+      }))
+
+    it.scopedLive("invalid programs are refused with a typed error and nothing is written", () =>
+      run([], () =>
+        Effect.gen(function*() {
+          const inputs: ReadonlyArray<unknown> = [
+            { jobs: [] },
+            { jobs: "a" },
+            { jobs: [1] },
+            { jobs: [""] },
+            { jobs: ["a"], programData: [] },
+            { jobs: ["a"], programData: "x" },
+            { jobs: ["a"], jobData: { b: {} } },
+            { jobs: ["a"], programData: { n: 1n } },
+            null
+          ]
+          for (const input of inputs) {
+            const error = yield* Effect.flip(ProgramExecutor.createProgram(input as any))
+            expect(error).toBeInstanceOf(InvalidProgramError)
+          }
+          expect(yield* ProgramExecutor.list()).toEqual([])
+        })))
+
+    it.scopedLive("shutdown lets a running job finish within the grace period and records it", () =>
+      Effect.gen(function*() {
+        const started = yield* Deferred.make<void>()
+        const steady = Job.make("steady", Effect.zipRight(Deferred.succeed(started, undefined), Effect.sleep("300 millis")))
+        yield* run([steady], (workers) =>
+          Effect.gen(function*() {
+            const worker = yield* workers.start({ shutdownGrace: Duration.seconds(10) })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["steady"] })
+            yield* Deferred.await(started)
+            yield* Scope.close(worker, Exit.void)
+            const program = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+            expect(program.finishedAt).not.toBeNull()
+          }))
+      }))
+
+    it.scopedLive("shutdown interrupts a job past the grace period; the step is given back and runs again", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const hang = yield* Ref.make(true)
+        const stubborn = recorded(log, "stubborn", () =>
+          Effect.flatMap(Ref.get(hang), (hangs) => hangs ? Effect.never : Effect.void))
+        yield* run([stubborn], (workers) =>
+          Effect.gen(function*() {
+            const worker = yield* workers.start({ shutdownGrace: Duration.millis(100) })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["stubborn"] })
+            yield* awaitProgram(runId, (program) => program.lockedBy !== null)
+            yield* Scope.close(worker, Exit.void)
+            const given = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+            expect(given.lockedBy).toBeNull()
+            expect(given.finishedAt).toBeNull()
+            expect(given.step).toBe(0)
+            yield* Ref.set(hang, false)
+            yield* workers.start()
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect((yield* Ref.get(log)).length).toBe(2)
+          }))
+      }))
+
+    it.scopedLive("several workers on one storage: many programs, each step run and advanced once", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const jobNames = ["s0", "s1", "s2", "s3"]
+        yield* run(jobNames.map((job) => recorded(log, job)), (workers) =>
+          Effect.gen(function*() {
+            yield* Effect.forEach([1, 2, 3], () => workers.start({ concurrency: 4 }))
+            const runIds = yield* Effect.forEach(
+              Array.from({ length: 60 }),
+              () => ProgramExecutor.createProgram({ jobs: jobNames }),
+              { concurrency: 8 }
+            )
+            const programs = yield* awaitAll(runIds, "60 seconds")
+            expect(programs.every((program) => program.finishedAt !== null && program.step === 3)).toBe(true)
+            const runs = yield* Ref.get(log)
+            expect(runs.length).toBe(60 * 4)
+            expect(new Set(runs.map((execution) => `${execution.runId}/${execution.step}`)).size).toBe(60 * 4)
+          }))
+      }))
+  })
+
