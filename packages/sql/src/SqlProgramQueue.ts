@@ -1,0 +1,182 @@
+/**
+ * A `ProgramQueue` whose queue is the programs table itself: a due, unleased, unfinished, unerrored row is a pending
+ * message. `take` claims rows as it dequeues them (the delivery carries the claimed row), `publish` writes nothing and
+ * only wakes idle consumers: in this process at once, in others through PostgreSQL's LISTEN/NOTIFY, and everywhere
+ * through a poll, which also makes the executor's sweeper redundant.
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { type ProgramRecord, ProgramQueue, type RepositoryError } from "@program-executor/core"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { InvalidTableNameError, type Lease, toRepositoryError } from "./internal/programsTable.js"
+import { makeTable } from "./SqlProgramRepository.js"
+
+export { InvalidTableNameError }
+
+export interface Options {
+  /** Default `programs`; the same table as the repository's. */
+  readonly tableName?: string
+  /** How often an idle consumer looks for due rows when nothing woke it. Default 1 second. */
+  readonly pollInterval?: Duration.DurationInput
+}
+
+/** A failed claim is retried with this, forever: `take` never fails. */
+const claimRetry = Schedule.exponential("100 millis", 2).pipe(
+  Schedule.modifyDelay((delay) => Duration.min(delay, Duration.seconds(5)))
+)
+
+const keyOf = (lease: { readonly runId: string; readonly step: number }) => `${lease.runId}\u0000${lease.step}`
+
+export const make = (
+  options: Options = {}
+): Effect.Effect<ProgramQueue["Type"], InvalidTableNameError | RepositoryError, SqlClient.SqlClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    const table = yield* makeTable(options)
+    const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
+    // Wake-ups for idle consumers of this process. Sliding with room for one: a wake-up that arrives while a
+    // consumer is busy claiming is kept, so it looks again instead of sleeping through it.
+    const wakeups = yield* PubSub.sliding<void>(1)
+    const wakeLocal = PubSub.publish(wakeups, undefined)
+    const delayed = yield* FiberSet.make()
+
+    // Other processes: LISTEN/NOTIFY where the database has it. Notifications are coalesced: at most one in flight,
+    // so a burst of publishes costs one NOTIFY, not one per step.
+    const pg = yield* Effect.serviceOption(PgClient.PgClient)
+    const channel = `program_executor_${table.tableName}`.slice(0, 63)
+    let notifyPending = false
+    const notifySignal = yield* Queue.sliding<void>(1)
+    if (Option.isSome(pg)) {
+      const client = pg.value
+      yield* client.listen(channel).pipe(
+        Stream.runForEach(() => wakeLocal),
+        Effect.tapError((error) => Effect.logWarning(`LISTEN ${channel} failed, retrying: ${error.message}`)),
+        Effect.retry(claimRetry),
+        Effect.forkScoped
+      )
+      yield* Queue.take(notifySignal).pipe(
+        Effect.zipRight(Effect.suspend(() => {
+          notifyPending = false
+          return client.notify(channel, "wake")
+        })),
+        Effect.catchAll((error) => Effect.logDebug(`NOTIFY failed; other workers will poll: ${error.message}`)),
+        Effect.forever,
+        Effect.forkScoped
+      )
+    }
+    const wakeOthers = Option.isSome(pg)
+      ? Effect.suspend(() => {
+        if (notifyPending) return Effect.void
+        notifyPending = true
+        return Queue.offer(notifySignal, undefined)
+      })
+      : Effect.void
+    const wake = Effect.zipRight(wakeLocal, wakeOthers)
+
+    const service: ProgramQueue["Type"] = {
+      // The row is the message, and a delay is already in `next_run_at`: only wake consumers, when it is due.
+      publish: (_message, publishOptions) =>
+        publishOptions?.delay === undefined || Duration.toMillis(Duration.decode(publishOptions.delay)) <= 0
+          ? wake
+          : FiberSet.run(delayed, Effect.interruptible(Effect.delay(wake, publishOptions.delay))).pipe(Effect.asVoid),
+
+      subscribe: (subscribeOptions) =>
+        Effect.gen(function*() {
+          const { owner, leaseFor } = subscribeOptions.claim
+          const prefetch = Math.max(1, subscribeOptions.prefetch)
+          const signals = yield* PubSub.subscribe(wakeups)
+          const settled = yield* Queue.sliding<void>(1)
+          const mutex = yield* Effect.makeSemaphore(1)
+          // Claimed but not yet taken, and taken but not yet acknowledged. Both hold leases.
+          const buffer: Array<ProgramRecord> = []
+          const outstanding = new Map<string, Lease>()
+          let stopped = false
+
+          const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, owner })
+          const giveBack = (leases: ReadonlyArray<Lease>) =>
+            table.releaseAll(leases).pipe(
+              Effect.mapError(toRepositoryError("giving back claimed steps")),
+              Effect.tap((released) => released ? wake : Effect.void),
+              Effect.catchAll((error) => Effect.logWarning(`${error.message}; their leases will expire`)),
+              Effect.asVoid
+            )
+          const drainBuffer = Effect.suspend(() => giveBack(buffer.splice(0).map(leaseOf)))
+
+          yield* Effect.addFinalizer(() =>
+            Effect.suspend(() => {
+              stopped = true
+              const leases = [...buffer.splice(0).map(leaseOf), ...outstanding.values()]
+              outstanding.clear()
+              return giveBack(leases)
+            })
+          )
+
+          const settle = (lease: Lease, release: boolean) =>
+            Effect.suspend(() => {
+              if (!outstanding.delete(keyOf(lease))) return Effect.void
+              return Effect.zipRight(release ? giveBack([lease]) : Effect.void, Queue.offer(settled, undefined))
+            })
+
+          const deliver = (row: ProgramRecord) => {
+            const lease = leaseOf(row)
+            outstanding.set(keyOf(lease), lease)
+            return {
+              message: { runId: row.runId, step: row.step },
+              claimed: Option.some(row),
+              ack: settle(lease, false),
+              nack: settle(lease, true)
+            }
+          }
+
+          // One attempt is uninterruptible, so claimed rows always reach the buffer; the waits between are not.
+          const claimSome = (limit: number) =>
+            Effect.uninterruptible(
+              table.claimNext(owner, leaseFor, limit).pipe(
+                Effect.tap((rows) =>
+                  Effect.sync(() => {
+                    buffer.push(...rows)
+                  })
+                )
+              )
+            ).pipe(
+              Effect.mapError(toRepositoryError("claiming due steps")),
+              Effect.tapError((error) => Effect.logWarning(`${error.message}; retrying`)),
+              Effect.retry(claimRetry),
+              Effect.orDie
+            )
+
+          const waitForWork = Effect.raceFirst(Queue.take(signals), Effect.sleep(pollInterval))
+
+          const next: Effect.Effect<ReturnType<typeof deliver>> = Effect.suspend(() => {
+            if (stopped) return Effect.never
+            const row = buffer.shift()
+            if (row !== undefined) return Effect.succeed(deliver(row))
+            const free = prefetch - outstanding.size
+            if (free <= 0) return Effect.zipRight(Queue.take(settled), next)
+            return Effect.flatMap(claimSome(free), (rows) => rows.length > 0 ? next : Effect.zipRight(waitForWork, next))
+          })
+
+          return {
+            take: mutex.withPermits(1)(next),
+            stop: Effect.suspend(() => {
+              stopped = true
+              return drainBuffer
+            })
+          }
+        })
+    }
+    return service
+  })
+
+export const layer = (
+  options: Options = {}
+): Layer.Layer<ProgramQueue, InvalidTableNameError | RepositoryError, SqlClient.SqlClient> =>
+  Layer.scoped(ProgramQueue, make(options))

@@ -1,0 +1,526 @@
+/**
+ * Every SQL statement on the programs table, per dialect. Shared by the repository and the queue, which see the same
+ * table: the queue's messages are its due, unleased rows.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
+import { type Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
+import { createHash } from "node:crypto"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+
+/** The table name is not a safe SQL identifier. Raised before any SQL is sent. */
+export class InvalidTableNameError extends Schema.TaggedError<InvalidTableNameError>()("InvalidTableNameError", {
+  tableName: Schema.String,
+  message: Schema.String
+}) {}
+
+export const defaultTableName = "programs"
+
+const identifier = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+export const validateTableName = (tableName: string = defaultTableName) =>
+  typeof tableName === "string" && identifier.test(tableName) && tableName.length <= 63
+    ? Effect.succeed(tableName)
+    : Effect.fail(
+      new InvalidTableNameError({
+        tableName: String(tableName),
+        message: `invalid table name ${
+          JSON.stringify(String(tableName)).slice(0, 80)
+        }: it must match ^[A-Za-z_][A-Za-z0-9_]*$ and be at most 63 characters`
+      })
+    )
+
+export type Dialect = "pg" | "mysql" | "sqlite"
+
+/** `SqlError` becomes the repository's error at this boundary; the message says which operation failed. */
+export const toRepositoryError = (what: string) => (error: SqlError) =>
+  new RepositoryError({ message: `${what} failed: ${error.message}${causeMessage(error.cause)}`, cause: error })
+
+const causeMessage = (cause: unknown) =>
+  cause instanceof Error && cause.message !== "" ? ` (${cause.message})` : ""
+
+/** An index name within PostgreSQL's and MySQL's 63/64-character limits, unique per table. */
+const indexName = (table: string, suffix: string) => {
+  const name = `${table}_${suffix}`
+  if (name.length <= 63) return name
+  const hash = createHash("sha1").update(table).digest("hex").slice(0, 8)
+  return `${table.slice(0, 63 - suffix.length - hash.length - 2)}_${hash}_${suffix}`
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Decoding rows
+
+interface Row {
+  readonly id: number | string | bigint
+  readonly run_id: string
+  readonly program_data: unknown
+  readonly jobs: unknown
+  readonly job_data: unknown
+  readonly step: number | string
+  readonly step_retry_count: number | string
+  readonly finished_at: unknown
+  readonly errored_at: unknown
+  readonly error_message: string | null
+  readonly created_at: unknown
+  readonly updated_at: unknown
+  readonly locked_by: string | null
+  readonly locked_until: unknown
+  readonly next_run_at: unknown
+}
+
+const sqliteTimestamp = /^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?$/
+
+const toDate = (value: unknown): Date | null => {
+  if (value === null || value === undefined) return null
+  if (value instanceof Date) return value
+  if (typeof value === "number") return new Date(value)
+  if (typeof value === "string") {
+    // SQLite stores UTC as "YYYY-MM-DD HH:MM:SS.SSS" (ours, and CURRENT_TIMESTAMP written by hand).
+    return new Date(sqliteTimestamp.test(value) ? `${value.replace(" ", "T")}Z` : value)
+  }
+  return new Date(NaN)
+}
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+/** A JSON column as stored: parsed already (jsonb on PostgreSQL) or text to parse (SQLite, MariaDB). */
+const readJson = (column: string, value: unknown, problems: Array<string>): unknown => {
+  if (typeof value !== "string") return value
+  try {
+    return JSON.parse(value)
+  } catch (error) {
+    problems.push(`${column} is not valid JSON (${error instanceof Error ? error.message : String(error)})`)
+    return undefined
+  }
+}
+
+/**
+ * A row as the executor sees it. Never fails: what cannot be read (JSON written by hand, a wrong shape) is described
+ * in `corruption`, so the executor fails that program alone with a clear message.
+ */
+export const decodeRow = (row: Row): ProgramRecord => {
+  const problems: Array<string> = []
+  const jobsValue = readJson("jobs", row.jobs, problems)
+  let jobs: ReadonlyArray<string> = []
+  if (Array.isArray(jobsValue) && jobsValue.every((job) => typeof job === "string")) jobs = jobsValue
+  else if (jobsValue !== undefined) problems.push("jobs is not a JSON array of job names")
+  const programValue = readJson("program_data", row.program_data, problems)
+  let programData: Record<string, unknown> = {}
+  if (isPlainObject(programValue)) programData = programValue
+  else if (programValue !== undefined && programValue !== null) problems.push("program_data is not a JSON object")
+  const jobDataValue = readJson("job_data", row.job_data, problems)
+  let jobData: Record<string, unknown> = {}
+  if (isPlainObject(jobDataValue)) jobData = jobDataValue
+  else if (jobDataValue !== undefined && jobDataValue !== null) problems.push("job_data is not a JSON object")
+  const required = (column: string, value: unknown) => {
+    const date = toDate(value)
+    if (date === null || Number.isNaN(date.getTime())) {
+      problems.push(`${column} is not a timestamp`)
+      return new Date(0)
+    }
+    return date
+  }
+  const optional = (column: string, value: unknown) => {
+    const date = toDate(value)
+    if (date !== null && Number.isNaN(date.getTime())) problems.push(`${column} is not a timestamp`)
+    return date
+  }
+  return {
+    id: Number(row.id),
+    runId: row.run_id,
+    jobs,
+    programData,
+    jobData,
+    step: Number(row.step),
+    stepRetryCount: Number(row.step_retry_count),
+    finishedAt: optional("finished_at", row.finished_at),
+    erroredAt: optional("errored_at", row.errored_at),
+    errorMessage: row.error_message,
+    createdAt: required("created_at", row.created_at),
+    updatedAt: required("updated_at", row.updated_at),
+    lockedBy: row.locked_by,
+    lockedUntil: optional("locked_until", row.locked_until),
+    nextRunAt: required("next_run_at", row.next_run_at),
+    corruption: problems.length === 0 ? null : `the stored program cannot be read: ${problems.join("; ")}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+
+export interface Lease {
+  readonly runId: string
+  readonly step: number
+  readonly owner: string
+}
+
+export type ProgramsTable = ReturnType<typeof makeStatements>
+
+export const dialectOf = (sql: SqlClient.SqlClient): Effect.Effect<Dialect, RepositoryError> =>
+  sql.onDialectOrElse({
+    pg: () => Effect.succeed("pg" as const),
+    mysql: () => Effect.succeed("mysql" as const),
+    sqlite: () => Effect.succeed("sqlite" as const),
+    orElse: () =>
+      Effect.fail(new RepositoryError({ message: "unsupported SQL dialect: use PostgreSQL, MySQL/MariaDB or SQLite" }))
+  })
+
+/** The statements of one table. Builds nothing per call but the statement itself: no table checks, no re-reads. */
+export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
+  const table = sql(tableName)
+  const lit = sql.literal
+  const columns = lit(
+    "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, error_message, " +
+      "created_at, updated_at, locked_by, locked_until, next_run_at"
+  )
+
+  // The database clock, always. PostgreSQL's now() is the statement's transaction time.
+  const now = dialect === "pg"
+    ? lit("now()")
+    : dialect === "mysql"
+    ? lit("UTC_TIMESTAMP(3)")
+    : lit("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+  const plus = (duration: Duration.Duration): Statement.Fragment => {
+    const millis = Math.max(0, Math.round(Duration.toMillis(duration)))
+    return dialect === "pg"
+      ? sql`(now() + make_interval(secs => ${millis / 1000}::double precision))`
+      : dialect === "mysql"
+      ? sql`DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
+      : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`+${millis / 1000} seconds`})`
+  }
+  const json = (value: unknown) => {
+    const text = JSON.stringify(value ?? null)
+    return dialect === "pg" ? sql`${text}::jsonb` : sql`${text}`
+  }
+
+  const inProgress = lit("finished_at IS NULL AND errored_at IS NULL")
+  const leaseFree = sql`(locked_until IS NULL OR locked_until <= ${now})`
+  const holds = (lease: Lease) =>
+    sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner} AND locked_until > ${now} AND ${inProgress}`
+  const released = lit("locked_by = NULL, locked_until = NULL")
+
+  /** A guarded write: true when it changed the row. MySQL has no UPDATE … RETURNING: it reports affected rows. */
+  const update = (set: Statement.Fragment, where: Statement.Fragment): Effect.Effect<boolean, SqlError> =>
+    dialect === "mysql"
+      ? Effect.map(
+        sql`UPDATE ${table} SET ${set} WHERE ${where}`.raw,
+        (result) => ((result as { affectedRows?: number }).affectedRows ?? 0) > 0
+      )
+      : Effect.map(sql`UPDATE ${table} SET ${set} WHERE ${where} RETURNING id`.withoutTransform, (rows) =>
+        rows.length > 0)
+
+  /** A guarded write returning the row after it (MySQL: the write, then a read of the row). */
+  const updateReturning = (
+    set: Statement.Fragment,
+    where: Statement.Fragment,
+    runId: string
+  ): Effect.Effect<ProgramRecord | undefined, SqlError> =>
+    dialect === "mysql"
+      ? Effect.flatMap(update(set, where), (changed) => changed ? selectOne(runId) : Effect.succeed(undefined))
+      : Effect.map(
+        sql<Row>`UPDATE ${table} SET ${set} WHERE ${where} RETURNING ${columns}`.withoutTransform,
+        (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0])
+      )
+
+  const selectOne = (runId: string) =>
+    Effect.map(
+      sql<Row>`SELECT ${columns} FROM ${table} WHERE run_id = ${runId}`.withoutTransform,
+      (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0])
+    )
+
+  const insert = (program: Program.NewProgram) => {
+    const values = sql`(${program.runId}, ${json(program.programData)}, ${json(program.jobs)}, ${
+      json(program.jobData)
+    }, 0, 0, ${now}, ${now}, ${now})`
+    return Effect.map(
+      sql<Row>`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES ${values} RETURNING ${columns}`
+        .withoutTransform,
+      (rows) => decodeRow(rows[0]!)
+    )
+  }
+
+  const list = (query: Program.ListQuery) => {
+    const clauses: Array<Statement.Fragment> = []
+    if (query.inProgressOnly || query.status === "in_progress") clauses.push(inProgress)
+    if (query.status === "finished") clauses.push(lit("finished_at IS NOT NULL"))
+    if (query.status === "errored") clauses.push(lit("errored_at IS NOT NULL AND finished_at IS NULL"))
+    if ((query.stepRetryCountGte ?? 0) > 0) clauses.push(sql`step_retry_count >= ${query.stepRetryCountGte ?? 0}`)
+    const order = lit(query.order === "asc" ? "ASC" : "DESC")
+    const limit = Math.max(0, Math.trunc(query.limit ?? 100))
+    const offset = Math.max(0, Math.trunc(query.offset ?? 0))
+    return Effect.map(
+      sql<Row>`SELECT ${columns} FROM ${table} WHERE ${sql.and(clauses)} ORDER BY id ${order} LIMIT ${
+        lit(String(limit))
+      } OFFSET ${lit(String(offset))}`.withoutTransform,
+      (rows) => rows.map(decodeRow)
+    )
+  }
+
+  const claimable = (target: WakeUp) =>
+    sql`run_id = ${target.runId} AND step = ${target.step} AND ${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
+  const takeLease = (owner: string, leaseFor: Duration.Duration) =>
+    sql`locked_by = ${owner}, locked_until = ${plus(leaseFor)}, updated_at = ${now}`
+
+  const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) =>
+    updateReturning(takeLease(owner, leaseFor), claimable(target), target.runId)
+
+  const due = sql`${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
+
+  /** Claims up to `limit` due rows, oldest first, skipping rows other workers are claiming right now. */
+  const claimNext = (
+    owner: string,
+    leaseFor: Duration.Duration,
+    limit: number
+  ): Effect.Effect<ReadonlyArray<ProgramRecord>, SqlError> => {
+    const n = lit(String(Math.max(1, Math.trunc(limit))))
+    switch (dialect) {
+      case "pg":
+        return Effect.map(
+          sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING ${columns}`
+            .withoutTransform,
+          (rows) => rows.map(decodeRow)
+        )
+      case "sqlite":
+        // One writer at a time: the subquery and the update are one atomic statement.
+        return Effect.map(
+          sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n}) RETURNING ${columns}`
+            .withoutTransform,
+          (rows) => rows.map(decodeRow)
+        )
+      case "mysql":
+        // No UPDATE … RETURNING: lock the rows (skipping locked ones), lease them, and return them as leased.
+        return sql.withTransaction(Effect.gen(function*() {
+          const rows = yield* sql<
+            Row & { readonly db_until: unknown }
+          >`SELECT ${columns}, ${plus(leaseFor)} AS db_until FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED`
+            .withoutTransform
+          if (rows.length === 0) return []
+          const until = rows[0]!.db_until
+          yield* sql`UPDATE ${table} SET locked_by = ${owner}, locked_until = ${until}, updated_at = UTC_TIMESTAMP(3) WHERE ${
+            sql.in("id", rows.map((row) => row.id))
+          }`.raw
+          return rows.map((row) => ({ ...decodeRow(row), lockedBy: owner, lockedUntil: toDate(until) }))
+        }))
+    }
+  }
+
+  const extendLease = (lease: Lease, leaseFor: Duration.Duration) =>
+    Effect.flatMap(update(sql`locked_until = ${plus(leaseFor)}`, holds(lease)), (held) =>
+      held
+        ? Effect.succeed("held" as const)
+        : Effect.map(
+          sql<
+            { readonly errored_at: unknown; readonly step: number | string }
+          >`SELECT errored_at, step FROM ${table} WHERE run_id = ${lease.runId}`.withoutTransform,
+          (rows) =>
+            rows[0] !== undefined && rows[0].errored_at !== null && Number(rows[0].step) === lease.step
+              ? "cancelled" as const
+              : "lost" as const
+        ))
+
+  /** Replaces one key of `job_data` in place, so concurrent writers of other keys (or columns) lose nothing. */
+  const writeJobData = (lease: Lease, jobName: string, value: unknown) => {
+    const text = JSON.stringify(value ?? null)
+    const set = dialect === "pg"
+      ? sql`job_data = jsonb_set(CASE WHEN jsonb_typeof(job_data) = 'object' THEN job_data ELSE '{}'::jsonb END, ARRAY[${jobName}]::text[], ${text}::jsonb, true), updated_at = ${now}`
+      : dialect === "mysql"
+      ? sql`job_data = JSON_SET(CASE WHEN JSON_VALID(job_data) AND JSON_TYPE(job_data) = 'OBJECT' THEN job_data ELSE '{}' END, ${
+        jsonPath(jobName)
+      }, JSON_EXTRACT(${text}, '$')), updated_at = ${now}`
+      : sql`job_data = json_set(CASE WHEN json_valid(job_data) AND json_type(job_data) = 'object' THEN job_data ELSE '{}' END, ${
+        jsonPath(jobName)
+      }, json(${text})), updated_at = ${now}`
+    return update(set, holds(lease))
+  }
+
+  const advance = (lease: Lease, finished: boolean) =>
+    update(
+      finished
+        ? sql`${released}, finished_at = ${now}, step_retry_count = 0, updated_at = ${now}`
+        : sql`${released}, step = step + 1, step_retry_count = 0, next_run_at = ${now}, updated_at = ${now}`,
+      holds(lease)
+    )
+
+  const scheduleRetry = (lease: Lease, errorMessage: string, delay: Duration.Duration, countAttempt: boolean) =>
+    update(
+      sql`${released}, error_message = ${errorMessage}, step_retry_count = step_retry_count + ${
+        countAttempt ? 1 : 0
+      }, next_run_at = ${plus(delay)}, updated_at = ${now}`,
+      holds(lease)
+    )
+
+  const fail = (lease: Lease, errorMessage: string) =>
+    update(sql`${released}, errored_at = ${now}, error_message = ${errorMessage}, updated_at = ${now}`, holds(lease))
+
+  const release = (lease: Lease) =>
+    update(
+      sql`${released}, updated_at = ${now}`,
+      sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner}`
+    )
+
+  /** Gives back several claimed rows at once (the queue's undelivered prefetch). */
+  const releaseAll = (leases: ReadonlyArray<Lease>) => {
+    if (leases.length === 0) return Effect.succeed(false)
+    const clauses = leases.map((lease) =>
+      sql`(run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner})`
+    )
+    return update(sql`${released}, updated_at = ${now}`, sql.or(clauses))
+  }
+
+  const cancel = (runId: string, reason: string) =>
+    updateReturning(
+      sql`errored_at = ${now}, error_message = ${reason}, updated_at = ${now}`,
+      sql`run_id = ${runId} AND ${inProgress}`,
+      runId
+    )
+
+  const resume = (runId: string) =>
+    updateReturning(
+      sql`${released}, errored_at = NULL, error_message = NULL, step_retry_count = 0, next_run_at = ${now}, updated_at = ${now}`,
+      sql`run_id = ${runId} AND errored_at IS NOT NULL AND finished_at IS NULL`,
+      runId
+    )
+
+  const findStale = (idleFor: Duration.Duration, limit: number) => {
+    const millis = Math.max(0, Math.round(Duration.toMillis(idleFor)))
+    const idleSince = dialect === "pg"
+      ? sql`(now() - make_interval(secs => ${millis / 1000}::double precision))`
+      : dialect === "mysql"
+      ? sql`DATE_SUB(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
+      : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`-${millis / 1000} seconds`})`
+    return Effect.map(
+      sql<
+        { readonly run_id: string; readonly step: number | string }
+      >`SELECT run_id, step FROM ${table} WHERE ${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince} ORDER BY next_run_at LIMIT ${
+        lit(String(Math.max(1, Math.trunc(limit))))
+      }`.withoutTransform,
+      (rows) => rows.map((row): WakeUp => ({ runId: row.run_id, step: Number(row.step) }))
+    )
+  }
+
+  const migrate = makeMigration(sql, dialect, tableName)
+
+  return {
+    dialect,
+    tableName,
+    insert,
+    get: selectOne,
+    list,
+    claim,
+    claimNext,
+    extendLease,
+    writeJobData,
+    advance,
+    scheduleRetry,
+    fail,
+    release,
+    releaseAll,
+    cancel,
+    resume,
+    findStale,
+    migrate
+  }
+}
+
+/** `$."name"` for SQLite and MySQL; names with a double quote or backslash are escaped as JSON strings. */
+const jsonPath = (key: string) => `$.${JSON.stringify(key)}`
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Migration
+
+/**
+ * Creates the table and its indexes when missing. Every statement is idempotent, and PostgreSQL serializes concurrent
+ * starts on an advisory lock, so several workers may start at once. (Migrator's "locked" outcome returns before the
+ * first worker's migration is done, which would let a second worker query a table that does not exist yet.)
+ */
+const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
+  const t = sql(tableName)
+  const ix = (suffix: string) => sql(indexName(tableName, suffix))
+  const statements: Array<Statement.Statement<unknown>> = dialect === "pg"
+    ? [
+      sql`CREATE TABLE IF NOT EXISTS ${t} (
+  id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+  run_id text NOT NULL,
+  program_data jsonb NOT NULL DEFAULT '{}'::jsonb,
+  jobs jsonb NOT NULL,
+  job_data jsonb NOT NULL DEFAULT '{}'::jsonb,
+  step integer NOT NULL DEFAULT 0,
+  step_retry_count integer NOT NULL DEFAULT 0,
+  finished_at timestamptz,
+  errored_at timestamptz,
+  error_message text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  locked_by text,
+  locked_until timestamptz,
+  next_run_at timestamptz NOT NULL DEFAULT now()
+)`,
+      sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
+      // Claim, queue and sweeper: only unfinished rows are indexed, so finished history costs nothing per step.
+      sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (next_run_at) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`
+    ]
+    : dialect === "mysql"
+    ? [
+      sql`CREATE TABLE IF NOT EXISTS ${t} (
+  id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  run_id VARCHAR(64) NOT NULL,
+  program_data JSON NOT NULL,
+  jobs JSON NOT NULL,
+  job_data JSON NOT NULL,
+  step INT NOT NULL DEFAULT 0,
+  step_retry_count INT NOT NULL DEFAULT 0,
+  finished_at DATETIME(3) NULL,
+  errored_at DATETIME(3) NULL,
+  error_message LONGTEXT NULL,
+  created_at DATETIME(3) NOT NULL,
+  updated_at DATETIME(3) NOT NULL,
+  locked_by VARCHAR(255) NULL,
+  locked_until DATETIME(3) NULL,
+  next_run_at DATETIME(3) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
+      sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
+      // No partial indexes: IS NULL is an equality lookup, so the unfinished rows are still a contiguous range.
+      sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (finished_at, errored_at, next_run_at)`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (finished_at, errored_at, id)`
+    ]
+    : [
+      sql`CREATE TABLE IF NOT EXISTS ${t} (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  run_id TEXT NOT NULL,
+  program_data TEXT NOT NULL DEFAULT '{}',
+  jobs TEXT NOT NULL,
+  job_data TEXT NOT NULL DEFAULT '{}',
+  step INTEGER NOT NULL DEFAULT 0,
+  step_retry_count INTEGER NOT NULL DEFAULT 0,
+  finished_at TEXT,
+  errored_at TEXT,
+  error_message TEXT,
+  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+  locked_by TEXT,
+  locked_until TEXT,
+  next_run_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+)`,
+      sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (next_run_at) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`
+    ]
+  const all = Effect.forEach(statements, (statement) => statement.withoutTransform, { discard: true })
+  const run = dialect === "pg"
+    ? sql.withTransaction(
+      Effect.zipRight(sql`SELECT pg_advisory_xact_lock(hashtext(${`program-executor:${tableName}`}))`, all)
+    )
+    : all
+  // A concurrent start can still collide on the catalog (MySQL DDL is not transactional): run it again.
+  return run.pipe(
+    Effect.retry(Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(5)))),
+    Effect.mapError(toRepositoryError(`creating the table ${tableName}`))
+  )
+}
