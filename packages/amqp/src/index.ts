@@ -1,0 +1,2 @@
+export * as AmqpConnection from "./AmqpConnection.js"
+export * as AmqpProgramQueue from "./AmqpProgramQueue.js"

@@ -1,0 +1,59 @@
+/**
+ * Test helpers: a raw amqplib channel to inspect what the adapter declared, unique queue names, and closing our own
+ * connection from the broker's side (only ours: other suites share the broker).
+ */
+import * as amqp from "amqplib"
+import { Effect, Layer } from "effect"
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
+import { ProgramRepository } from "@program-executor/core"
+import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
+
+const run = promisify(execFile)
+
+/** A raw channel for the test itself, closed with the scope. */
+export const rawChannel = (url: string) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const model = await amqp.connect(url, { noDelay: true })
+      model.on("error", () => {})
+      const channel = await model.createChannel()
+      channel.on("error", () => {})
+      return { model, channel }
+    }),
+    ({ model }) => Effect.promise(() => model.close().catch(() => {}))
+  ).pipe(Effect.map(({ channel }) => channel))
+
+/** Opens a throwaway channel: a failed passive declare closes the channel it ran on. */
+export const inspectQueue = (url: string, queue: string) =>
+  Effect.scoped(Effect.flatMap(rawChannel(url), (channel) =>
+    Effect.tryPromise(() => channel.checkQueue(queue))))
+
+export const deleteQueues = (url: string, queues: ReadonlyArray<string>) =>
+  Effect.scoped(Effect.flatMap(rawChannel(url), (channel) =>
+    Effect.forEach(queues, (queue) => Effect.promise(() => channel.deleteQueue(queue).catch(() => undefined)), {
+      discard: true
+    })))
+
+/** Closes, from the broker, the connection the adapter holds now (found by its local port). */
+export const closeFromBroker = Effect.gen(function*() {
+  const connection = yield* AmqpConnection.AmqpConnection
+  const { model } = yield* connection.connected
+  const localPort = (model.connection as unknown as { stream: { localPort: number } }).stream.localPort
+  const { stdout } = yield* Effect.promise(() => run("rabbitmqctl", ["-q", "list_connections", "pid", "peer_port"]))
+  const pid = stdout.split("\n").map((line) => line.trim().split(/\s+/)).find(([, port]) => port === String(localPort))?.[0]
+  if (pid === undefined) return yield* Effect.die(new Error(`no broker connection from local port ${localPort}`))
+  yield* Effect.promise(() => run("rabbitmqctl", ["-q", "close_connection", pid, "test"]))
+})
+
+/** RabbitMQ queue + in-memory repository for one test, its queues deleted afterwards. */
+export const rabbitLayer = (url: string, options: AmqpProgramQueue.AmqpProgramQueueOptions & { readonly queueName: string }) => {
+  const cleanup = Layer.scopedDiscard(
+    Effect.addFinalizer(() =>
+      deleteQueues(url, [options.queueName, ...[200, 500].map((ms) => AmqpProgramQueue.delayQueueName(options.queueName, ms))])
+    )
+  )
+  return Layer.mergeAll(AmqpProgramQueue.layer(options), ProgramRepository.layerMemory).pipe(
+    Layer.provideMerge(Layer.merge(AmqpConnection.layer({ url, connectionName: `test ${options.queueName}` }), cleanup))
+  )
+}
