@@ -1,8 +1,8 @@
 /** Storage layers per backend for the shared conformance suites: one table (and, for SQLite, one file) per namespace. */
-import type { SqlClient } from "@effect/sql"
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import type { ProgramQueue, ProgramRepository } from "@program-executor/core"
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { SqlDatabase, SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
@@ -27,3 +27,10 @@ export const storage = (backend: Backend, url?: string) =>
     SqlProgramRepository.layer({ tableName: namespace }),
     SqlProgramQueue.layer({ tableName: namespace, pollInterval: "250 millis" })
   ).pipe(Layer.provide(database(backend, namespace, url)))
+
+/** Runs a raw statement on the namespace's database (manual cancels, rows broken by hand). */
+export const execute = (backend: Backend, url?: string) => (namespace: string, statement: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement).raw).pipe(
+    Effect.asVoid,
+    Effect.provide(database(backend, namespace, url))
+  )

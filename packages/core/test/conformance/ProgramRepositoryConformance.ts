@@ -1,0 +1,491 @@
+/**
+ * What every `ProgramRepository` must do: each operation and each of its guards, on the live clock (a database's
+ * clock cannot be driven by `TestClock`) with short leases and delays; time-dependent outcomes are polled with a bound.
+ * Each test gets its own namespace (a table name for SQL) from `makeLayer`.
+ *
+ * SQL implementations also pass `execute`, which runs a raw statement on the namespace's table (named `{table}` in
+ * the statement): a manual `UPDATE … SET errored_at = …` must cancel exactly as `cancel` does, and rows whose JSON
+ * was broken by hand must be read with `corruption` set instead of failing a read.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import {
+  type Lease,
+  type Program,
+  type ProgramRecord,
+  ProgramRepository,
+  type WakeUp
+} from "@program-executor/core"
+import { Duration, Effect, type Layer, Option } from "effect"
+import { randomUUID } from "node:crypto"
+
+export interface RepositoryConformanceOptions {
+  /** Runs a raw SQL statement; `{table}` in it is replaced by the namespace's table. */
+  readonly execute?: (namespace: string, statement: string) => Effect.Effect<void, unknown>
+}
+
+const lease = Duration.seconds(30)
+const owner = "worker-a"
+const other = "worker-b"
+
+const repo = ProgramRepository
+
+const insert = (program: Partial<Program.NewProgram> = {}) =>
+  Effect.flatMap(repo, (repository) =>
+    repository.insert({
+      runId: randomUUID(),
+      jobs: ["first", "second"],
+      programData: { shop: 1 },
+      jobData: {},
+      ...program
+    }))
+
+const get = (runId: string) =>
+  Effect.flatMap(repo, (repository) => repository.get(runId)).pipe(
+    Effect.map(Option.getOrThrowWith(() => new Error(`program ${runId} not found`)))
+  )
+
+const claim = (target: WakeUp, by = owner, leaseFor: Duration.Duration = lease) =>
+  Effect.flatMap(repo, (repository) => repository.claim(target, { owner: by, leaseFor }))
+
+const claimed = (target: WakeUp, by = owner, leaseFor: Duration.Duration = lease) =>
+  claim(target, by, leaseFor).pipe(
+    Effect.map(Option.getOrThrowWith(() => new Error(`claim of ${target.runId} step ${target.step} was refused`)))
+  )
+
+const leaseOf = (program: ProgramRecord, by = owner): Lease => ({ runId: program.runId, step: program.step, owner: by })
+
+/** Retries `effect` every 20 ms until `done` holds, at most `within`. */
+const eventually = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  done: (value: A) => boolean,
+  within: Duration.DurationInput = "10 seconds"
+) => {
+  const loop: Effect.Effect<A, E, R> = Effect.flatMap(effect, (value) =>
+    done(value) ? Effect.succeed(value) : Effect.zipRight(Effect.sleep("20 millis"), Effect.suspend(() => loop)))
+  return loop.pipe(
+    Effect.timeoutFail({ duration: within, onTimeout: () => new Error(`not reached within ${Duration.format(within)}`) })
+  )
+}
+
+let counter = 0
+const uniqueNamespace = () =>
+  `pr_${Date.now().toString(36)}_${(counter++).toString(36)}_${Math.random().toString(36).slice(2, 8)}`
+
+export const programRepositoryConformance = (
+  name: string,
+  makeLayer: (namespace: string) => Layer.Layer<ProgramRepository, unknown>,
+  options: RepositoryConformanceOptions = {}
+) => {
+  const test = (
+    title: string,
+    body: (namespace: string) => Effect.Effect<void, unknown, ProgramRepository>
+  ) =>
+    it.live(title, () => {
+      const namespace = uniqueNamespace()
+      return body(namespace).pipe(Effect.provide(makeLayer(namespace)), Effect.timeout("50 seconds"))
+    }, { timeout: 60_000 })
+
+  const sqlTest = (
+    title: string,
+    body: (
+      namespace: string,
+      execute: (statement: string) => Effect.Effect<void, unknown>
+    ) => Effect.Effect<void, unknown, ProgramRepository>
+  ) => {
+    const execute = options.execute
+    if (execute === undefined) return it.skip(`${title} (SQL only)`, () => {})
+    return test(title, (namespace) =>
+      body(namespace, (statement) => execute(namespace, statement.replaceAll("{table}", namespace))))
+  }
+
+  describe(`ProgramRepository conformance: ${name}`, () => {
+    test("insert stores a new program at step 0, due now, unleased; get reads it back", () =>
+      Effect.gen(function*() {
+        const program = yield* insert({ jobData: { first: { page: 2 } }, programData: { shop: 7, nested: [1, "x"] } })
+        expect(program.step).toBe(0)
+        expect(program.stepRetryCount).toBe(0)
+        expect(program.jobs).toEqual(["first", "second"])
+        expect(program.programData).toEqual({ shop: 7, nested: [1, "x"] })
+        expect(program.jobData).toEqual({ first: { page: 2 } })
+        expect(program.finishedAt).toBeNull()
+        expect(program.erroredAt).toBeNull()
+        expect(program.errorMessage).toBeNull()
+        expect(program.lockedBy).toBeNull()
+        expect(program.lockedUntil).toBeNull()
+        expect(program.corruption).toBeNull()
+        expect(program.createdAt).toBeInstanceOf(Date)
+        expect(program.nextRunAt.getTime()).toBeLessThanOrEqual(Date.now() + 5_000)
+        const read = yield* get(program.runId)
+        expect(read).toEqual(program)
+        const second = yield* insert()
+        expect(second.id).toBeGreaterThan(program.id)
+        const missing = yield* Effect.flatMap(repo, (repository) => repository.get(randomUUID()))
+        expect(Option.isNone(missing)).toBe(true)
+      }))
+
+    test("claim takes the lease once and returns the row as claimed; a second claim is refused", () =>
+      Effect.gen(function*() {
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        expect(row.runId).toBe(program.runId)
+        expect(row.lockedBy).toBe(owner)
+        expect(row.lockedUntil!.getTime()).toBeGreaterThan(Date.now() + 20_000)
+        expect(yield* get(program.runId)).toMatchObject({ lockedBy: owner })
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }, other))).toBe(true)
+        // The same owner may not claim a step it already holds either (a duplicate wake-up).
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }, owner))).toBe(true)
+      }))
+
+    test("claim is refused for the wrong step, an unknown program, a finished or an errored one", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert({ jobs: ["only"] })
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 1 }))).toBe(true)
+        expect(Option.isNone(yield* claim({ runId: randomUUID(), step: 0 }))).toBe(true)
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        expect(yield* repository.advance(leaseOf(row), { finished: true })).toBe(true)
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }))).toBe(true)
+
+        const cancelled = yield* insert()
+        yield* repository.cancel(cancelled.runId, "stop")
+        expect(Option.isNone(yield* claim({ runId: cancelled.runId, step: 0 }))).toBe(true)
+
+        const failed = yield* insert()
+        const failedRow = yield* claimed({ runId: failed.runId, step: 0 })
+        expect(yield* repository.fail(leaseOf(failedRow), "boom")).toBe(true)
+        expect(Option.isNone(yield* claim({ runId: failed.runId, step: 0 }))).toBe(true)
+      }))
+
+    test("claim is refused until next_run_at is due", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        expect(
+          yield* repository.scheduleRetry(leaseOf(row), {
+            errorMessage: "later",
+            delay: Duration.millis(600),
+            countAttempt: true
+          })
+        ).toBe(true)
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }))).toBe(true)
+        const again = yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome)
+        expect(Option.getOrThrow(again).stepRetryCount).toBe(1)
+      }))
+
+    test("an expired lease lets another owner claim; the first owner's guarded writes then fail", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert({ jobData: { first: { kept: true } } })
+        const first = yield* claimed({ runId: program.runId, step: 0 }, owner, Duration.millis(300))
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }, other))).toBe(true)
+        const second = yield* eventually(claim({ runId: program.runId, step: 0 }, other), Option.isSome)
+        expect(Option.getOrThrow(second).lockedBy).toBe(other)
+        const stale = leaseOf(first, owner)
+        expect(yield* repository.extendLease(stale, lease)).toBe("lost")
+        expect(yield* repository.writeJobData(stale, "first", { overwritten: true })).toBe(false)
+        expect(yield* repository.advance(stale, { finished: false })).toBe(false)
+        expect(yield* repository.scheduleRetry(stale, { errorMessage: "x", delay: Duration.zero, countAttempt: true }))
+          .toBe(false)
+        expect(yield* repository.fail(stale, "x")).toBe(false)
+        yield* repository.release(stale)
+        const after = yield* get(program.runId)
+        expect(after).toMatchObject({ step: 0, lockedBy: other, erroredAt: null, stepRetryCount: 0 })
+        expect(after.jobData).toEqual({ first: { kept: true } })
+      }))
+
+    test("a lease that expired without anyone else claiming still refuses the old owner's writes", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 }, owner, Duration.millis(200))
+        yield* eventually(claim({ runId: program.runId, step: 0 }, other, Duration.millis(1)), Option.isSome)
+        // The other owner's 1 ms lease is over too: nobody holds the step.
+        yield* eventually(get(program.runId), (p) => p.lockedUntil === null || p.lockedUntil.getTime() < Date.now())
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        expect((yield* get(program.runId)).step).toBe(0)
+      }))
+
+    test("extendLease: held while held, cancelled once errored, lost once the step moved", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 }, owner, Duration.seconds(5))
+        expect(yield* repository.extendLease(leaseOf(row), Duration.seconds(60))).toBe("held")
+        const extended = yield* get(program.runId)
+        expect(extended.lockedUntil!.getTime()).toBeGreaterThan(row.lockedUntil!.getTime())
+        expect(extended.lockedBy).toBe(owner)
+        expect(yield* repository.extendLease({ ...leaseOf(row), owner: other }, lease)).toBe("lost")
+
+        yield* repository.cancel(program.runId, "by user")
+        expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("cancelled")
+
+        const moving = yield* insert()
+        const movingRow = yield* claimed({ runId: moving.runId, step: 0 })
+        expect(yield* repository.advance(leaseOf(movingRow), { finished: false })).toBe(true)
+        expect(yield* repository.extendLease(leaseOf(movingRow), lease)).toBe("lost")
+      }))
+
+    test("advance moves to the next step, resets the retry count and clears the lease; finished sets finished_at", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        yield* repository.scheduleRetry(leaseOf(row), { errorMessage: "once", delay: Duration.zero, countAttempt: true })
+        const retried = yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome)
+        expect(Option.getOrThrow(retried).stepRetryCount).toBe(1)
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(true)
+        const moved = yield* get(program.runId)
+        expect(moved).toMatchObject({ step: 1, stepRetryCount: 0, lockedBy: null, lockedUntil: null, finishedAt: null })
+        // Advancing twice is impossible: the lease is gone.
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        expect((yield* get(program.runId)).step).toBe(1)
+        // The next step is due at once.
+        const next = yield* claimed({ runId: program.runId, step: 1 })
+        expect(yield* repository.advance(leaseOf(next), { finished: true })).toBe(true)
+        const done = yield* get(program.runId)
+        expect(done.finishedAt).toBeInstanceOf(Date)
+        expect(done).toMatchObject({ step: 1, lockedBy: null, erroredAt: null })
+        expect(yield* repository.advance(leaseOf(next), { finished: true })).toBe(false)
+      }))
+
+    test("writeJobData replaces only that job's entry, only while the lease is held", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert({
+          jobs: ["first", "second", "we'ird \"name\""],
+          jobData: { first: { a: 1, keep: "me" }, second: { b: [1, 2, { c: null }] } }
+        })
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        expect(yield* repository.writeJobData(leaseOf(row), "first", { a: 2 })).toBe(true)
+        expect((yield* get(program.runId)).jobData).toEqual({ first: { a: 2 }, second: { b: [1, 2, { c: null }] } })
+        expect(yield* repository.writeJobData(leaseOf(row), "we'ird \"name\"", { n: "é ✓" })).toBe(true)
+        expect(yield* repository.writeJobData(leaseOf(row), "first", { list: [null, true, 1.5, "s"] })).toBe(true)
+        expect((yield* get(program.runId)).jobData).toEqual({
+          first: { list: [null, true, 1.5, "s"] },
+          second: { b: [1, 2, { c: null }] },
+          "we'ird \"name\"": { n: "é ✓" }
+        })
+        expect(yield* repository.writeJobData({ ...leaseOf(row), owner: other }, "first", {})).toBe(false)
+        expect(yield* repository.writeJobData({ ...leaseOf(row), step: 1 }, "first", {})).toBe(false)
+        // Job data survives advancing.
+        yield* repository.advance(leaseOf(row), { finished: false })
+        expect(yield* repository.writeJobData(leaseOf(row), "first", { late: true })).toBe(false)
+        expect((yield* get(program.runId)).jobData.first).toEqual({ list: [null, true, 1.5, "s"] })
+      }))
+
+    test("scheduleRetry records the error, counts the attempt (or not), releases the lease and delays the step", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        expect(
+          yield* repository.scheduleRetry(leaseOf(row), {
+            errorMessage: "rate limited",
+            delay: Duration.seconds(60),
+            countAttempt: true
+          })
+        ).toBe(true)
+        const retried = yield* get(program.runId)
+        expect(retried).toMatchObject({ step: 0, stepRetryCount: 1, errorMessage: "rate limited", lockedBy: null })
+        expect(retried.erroredAt).toBeNull()
+        expect(retried.nextRunAt.getTime() - row.lockedUntil!.getTime()).toBeGreaterThan(20_000)
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }))).toBe(true)
+        expect(yield* repository.scheduleRetry(leaseOf(row), { errorMessage: "x", delay: Duration.zero, countAttempt: true }))
+          .toBe(false)
+
+        const budget = yield* insert()
+        const budgetRow = yield* claimed({ runId: budget.runId, step: 0 })
+        yield* repository.scheduleRetry(leaseOf(budgetRow), {
+          errorMessage: "over budget",
+          delay: Duration.zero,
+          countAttempt: false
+        })
+        expect(yield* get(budget.runId)).toMatchObject({ stepRetryCount: 0, errorMessage: "over budget" })
+        expect(Option.isSome(yield* eventually(claim({ runId: budget.runId, step: 0 }), Option.isSome))).toBe(true)
+      }))
+
+    test("fail sets errored_at and the message (not truncated) and releases the lease", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        const message = `fatal: ${"x".repeat(2_000)}`
+        expect(yield* repository.fail(leaseOf(row), message)).toBe(true)
+        const failed = yield* get(program.runId)
+        expect(failed.erroredAt).toBeInstanceOf(Date)
+        expect(failed).toMatchObject({ errorMessage: message, lockedBy: null, step: 0, finishedAt: null })
+        expect(yield* repository.fail(leaseOf(row), "again")).toBe(false)
+      }))
+
+    test("release gives the step back at once, only for its owner", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        yield* repository.release({ ...leaseOf(row), owner: other })
+        expect((yield* get(program.runId)).lockedBy).toBe(owner)
+        yield* repository.release(leaseOf(row))
+        const released = yield* get(program.runId)
+        expect(released).toMatchObject({ lockedBy: null, lockedUntil: null, stepRetryCount: 0, errorMessage: null })
+        expect(Option.isSome(yield* claim({ runId: program.runId, step: 0 }, other))).toBe(true)
+      }))
+
+    test("cancel errors an in-progress program; cancel and resume refuse the wrong state or an unknown program", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const cancelled = yield* repository.cancel(program.runId, "requested by user")
+        expect(cancelled.erroredAt).toBeInstanceOf(Date)
+        expect(cancelled).toMatchObject({ runId: program.runId, errorMessage: "requested by user" })
+        expect((yield* Effect.flip(repository.cancel(program.runId, "again")))._tag).toBe("ProgramStateError")
+        const unknown = yield* Effect.flip(repository.cancel(randomUUID(), "x"))
+        expect(unknown._tag).toBe("ProgramNotFoundError")
+        const unknownResume = yield* Effect.flip(repository.resume(randomUUID()))
+        expect(unknownResume._tag).toBe("ProgramNotFoundError")
+
+        const running = yield* insert()
+        expect((yield* Effect.flip(repository.resume(running.runId)))._tag).toBe("ProgramStateError")
+
+        const finished = yield* insert({ jobs: ["only"] })
+        const row = yield* claimed({ runId: finished.runId, step: 0 })
+        yield* repository.advance(leaseOf(row), { finished: true })
+        expect((yield* Effect.flip(repository.cancel(finished.runId, "late")))._tag).toBe("ProgramStateError")
+        expect((yield* Effect.flip(repository.resume(finished.runId)))._tag).toBe("ProgramStateError")
+      }))
+
+    test("resume clears the error and the retry count at the failed step, which is claimable again", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const first = yield* claimed({ runId: program.runId, step: 0 })
+        yield* repository.advance(leaseOf(first), { finished: false })
+        const second = yield* claimed({ runId: program.runId, step: 1 })
+        yield* repository.scheduleRetry(leaseOf(second), { errorMessage: "x", delay: Duration.zero, countAttempt: true })
+        const again = yield* eventually(claim({ runId: program.runId, step: 1 }), Option.isSome)
+        yield* repository.fail(leaseOf(Option.getOrThrow(again)), "fatal")
+        const resumed = yield* repository.resume(program.runId)
+        expect(resumed).toMatchObject({
+          step: 1,
+          stepRetryCount: 0,
+          erroredAt: null,
+          errorMessage: null,
+          lockedBy: null,
+          finishedAt: null
+        })
+        expect(Option.isSome(yield* claim({ runId: program.runId, step: 1 }))).toBe(true)
+      }))
+
+    test("findStale lists due, unleased, unfinished, unerrored steps idle for long enough, up to the limit", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const idle = yield* Effect.forEach([1, 2, 3], () => insert())
+        const leased = yield* insert()
+        yield* claimed({ runId: leased.runId, step: 0 })
+        const moved = yield* insert()
+        const movedRow = yield* claimed({ runId: moved.runId, step: 0 })
+        yield* repository.advance(leaseOf(movedRow), { finished: false })
+        const finished = yield* insert({ jobs: ["only"] })
+        yield* repository.advance(leaseOf(yield* claimed({ runId: finished.runId, step: 0 })), { finished: true })
+        const cancelled = yield* insert()
+        yield* repository.cancel(cancelled.runId, "x")
+        const delayed = yield* insert()
+        yield* repository.scheduleRetry(leaseOf(yield* claimed({ runId: delayed.runId, step: 0 })), {
+          errorMessage: "later",
+          delay: Duration.minutes(10),
+          countAttempt: true
+        })
+
+        const stale = yield* eventually(
+          repository.findStale({ idleFor: Duration.millis(200), limit: 100 }),
+          (found) => found.length >= 4
+        )
+        const byRunId = (wakeUps: ReadonlyArray<WakeUp>) => [...wakeUps].sort((a, b) => a.runId.localeCompare(b.runId))
+        expect(byRunId(stale)).toEqual(
+          byRunId([...idle.map((p) => ({ runId: p.runId, step: 0 })), { runId: moved.runId, step: 1 }])
+        )
+        expect(yield* repository.findStale({ idleFor: Duration.millis(200), limit: 2 })).toHaveLength(2)
+        expect(yield* repository.findStale({ idleFor: Duration.hours(1), limit: 100 })).toEqual([])
+      }))
+
+    test("list filters by status, in-progress and retry count, orders by id, pages with limit and offset", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const all = yield* Effect.forEach([0, 1, 2, 3, 4, 5], () => insert({ jobs: ["only"] }))
+        const ids = all.map((p) => p.id)
+        const finish = (p: ProgramRecord) =>
+          Effect.flatMap(claimed({ runId: p.runId, step: 0 }), (row) =>
+            repository.advance(leaseOf(row), { finished: true }))
+        yield* finish(all[0]!)
+        yield* finish(all[1]!)
+        yield* repository.cancel(all[2]!.runId, "x")
+        const retried = yield* claimed({ runId: all[3]!.runId, step: 0 })
+        yield* repository.scheduleRetry(leaseOf(retried), { errorMessage: "x", delay: Duration.zero, countAttempt: true })
+
+        const idsOf = (query: Program.ListQuery) => Effect.map(repository.list(query), (rows) => rows.map((p) => p.id))
+        expect(yield* idsOf({})).toEqual([...ids].reverse())
+        expect(yield* idsOf({ order: "asc", orderBy: "id" })).toEqual(ids)
+        expect(yield* idsOf({ order: "asc", limit: 2, offset: 1 })).toEqual(ids.slice(1, 3))
+        expect(yield* idsOf({ order: "desc", limit: 2 })).toEqual([ids[5], ids[4]])
+        expect(yield* idsOf({ inProgressOnly: true, order: "asc" })).toEqual(ids.slice(3))
+        expect(yield* idsOf({ status: "in_progress", order: "asc" })).toEqual(ids.slice(3))
+        expect(yield* idsOf({ status: "finished", order: "asc" })).toEqual(ids.slice(0, 2))
+        expect(yield* idsOf({ status: "errored" })).toEqual([ids[2]])
+        expect(yield* idsOf({ stepRetryCountGte: 1 })).toEqual([ids[3]])
+        expect(yield* idsOf({ inProgressOnly: true, stepRetryCountGte: 1 })).toEqual([ids[3]])
+        expect(yield* idsOf({ status: "finished", inProgressOnly: true })).toEqual([])
+        expect(yield* idsOf({ offset: 10 })).toEqual([])
+      }))
+
+    sqlTest("a manual UPDATE of errored_at cancels exactly as cancel does", (_namespace, execute) =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const running = yield* insert()
+        const row = yield* claimed({ runId: running.runId, step: 0 })
+        const waiting = yield* insert()
+        yield* execute(
+          `UPDATE {table} SET errored_at = CURRENT_TIMESTAMP, error_message = 'cancelled by hand' WHERE run_id IN ('${running.runId}', '${waiting.runId}')`
+        )
+        expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("cancelled")
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        expect(yield* repository.writeJobData(leaseOf(row), "first", {})).toBe(false)
+        expect(Option.isNone(yield* claim({ runId: waiting.runId, step: 0 }))).toBe(true)
+        const cancelled = yield* get(waiting.runId)
+        expect(cancelled.erroredAt).toBeInstanceOf(Date)
+        expect(cancelled.errorMessage).toBe("cancelled by hand")
+        expect((yield* Effect.flip(repository.cancel(waiting.runId, "again")))._tag).toBe("ProgramStateError")
+        expect(yield* repository.findStale({ idleFor: Duration.zero, limit: 10 })).toEqual([])
+        const resumed = yield* repository.resume(waiting.runId)
+        expect(resumed.erroredAt).toBeNull()
+      }))
+
+    sqlTest("rows whose JSON was broken by hand are read with `corruption` set, never failing a read", (
+      _namespace,
+      execute
+    ) =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const healthy = yield* insert()
+        const wrongJobs = yield* insert()
+        const wrongData = yield* insert()
+        const malformed = yield* insert()
+        yield* execute(`UPDATE {table} SET jobs = '{"not":"a list"}' WHERE run_id = '${wrongJobs.runId}'`)
+        yield* execute(`UPDATE {table} SET program_data = '[1, 2]' WHERE run_id = '${wrongData.runId}'`)
+        // jsonb and MariaDB's JSON check refuse malformed text; where it is accepted (SQLite), it must still read.
+        const malformedWritten = yield* execute(
+          `UPDATE {table} SET jobs = '["first", oops' WHERE run_id = '${malformed.runId}'`
+        ).pipe(Effect.as(true), Effect.orElseSucceed(() => false))
+
+        expect((yield* get(healthy.runId)).corruption).toBeNull()
+        expect((yield* get(wrongJobs.runId)).corruption).toMatch(/jobs/)
+        expect((yield* get(wrongData.runId)).corruption).toMatch(/program_data/)
+        if (malformedWritten) expect((yield* get(malformed.runId)).corruption).toMatch(/jobs is not valid JSON/)
+
+        const listed = yield* repository.list({ limit: 10 })
+        expect(listed).toHaveLength(4)
+        const claimedCorrupt = yield* claimed({ runId: wrongJobs.runId, step: 0 })
+        expect(claimedCorrupt.corruption).toMatch(/jobs/)
+        expect(yield* repository.fail(leaseOf(claimedCorrupt), claimedCorrupt.corruption!)).toBe(true)
+      }))
+  })
+}
