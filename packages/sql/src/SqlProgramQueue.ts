@@ -34,6 +34,8 @@ const claimRetry = Schedule.exponential("100 millis", 2).pipe(
   Schedule.modifyDelay((delay) => Duration.min(delay, Duration.seconds(5)))
 )
 
+const notifySpacing = Duration.millis(20)
+
 const keyOf = (lease: { readonly runId: string; readonly step: number }) => `${lease.runId}\u0000${lease.step}`
 
 export const make = (
@@ -48,8 +50,13 @@ export const make = (
     const wakeLocal = PubSub.publish(wakeups, undefined)
     const delayed = yield* FiberSet.make()
 
-    // Other processes: LISTEN/NOTIFY where the database has it. Notifications are coalesced: at most one in flight,
-    // so a burst of publishes costs one NOTIFY, not one per step.
+    // Consumers of this process waiting for work. While one is, it takes what is published here: nobody else
+    // needs waking.
+    let idleConsumers = 0
+
+    // Other processes: LISTEN/NOTIFY where the database has it. A NOTIFY serializes commits on the server, so it is
+    // sent only when no consumer here is idle, at most one at a time and one per `notifySpacing`: a burst of
+    // publishes costs one NOTIFY, not one per step. The poll covers whatever this misses.
     const pg = yield* Effect.serviceOption(PgClient.PgClient)
     const channel = `program_executor_${table.tableName}`.slice(0, 63)
     let notifyPending = false
@@ -68,13 +75,14 @@ export const make = (
           return client.notify(channel, "wake")
         })),
         Effect.catchAll((error) => Effect.logDebug(`NOTIFY failed; other workers will poll: ${error.message}`)),
+        Effect.zipRight(Effect.sleep(notifySpacing)),
         Effect.forever,
         Effect.forkScoped
       )
     }
     const wakeOthers = Option.isSome(pg)
       ? Effect.suspend(() => {
-        if (notifyPending) return Effect.void
+        if (notifyPending || idleConsumers > 0) return Effect.void
         notifyPending = true
         return Queue.offer(notifySignal, undefined)
       })
@@ -153,7 +161,11 @@ export const make = (
               Effect.orDie
             )
 
-          const waitForWork = Effect.raceFirst(Queue.take(signals), Effect.sleep(pollInterval))
+          const waitForWork = Effect.acquireUseRelease(
+            Effect.sync(() => idleConsumers++),
+            () => Effect.raceFirst(Queue.take(signals), Effect.sleep(pollInterval)),
+            () => Effect.sync(() => idleConsumers--)
+          )
 
           const next: Effect.Effect<ReturnType<typeof deliver>> = Effect.suspend(() => {
             if (stopped) return Effect.never
