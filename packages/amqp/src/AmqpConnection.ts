@@ -128,8 +128,9 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
     )
 
     /** One connection's life: publish it, wait for it to close, withdraw it. */
+    // Interruptible while connecting (an abandoned attempt closes itself), so the layer can close during an outage.
     const session = Effect.acquireUseRelease(
-      connectWithRetry,
+      Effect.interruptible(connectWithRetry),
       (model) =>
         Effect.gen(function*() {
           const closed = yield* Deferred.make<string>()
@@ -167,12 +168,24 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
       return channel
     }
 
+    // Interruptible: a channel that opens after its caller gave up is closed at once.
     const open = <C extends amqp.Channel>(what: string, create: (model: amqp.ChannelModel) => Promise<C>) =>
       Effect.flatMap(connected, ({ model }) =>
-        Effect.tryPromise({
-          try: () => create(model),
-          catch: (error) => new AmqpError({ message: `cannot open ${what} on ${endpoint}: ${errorMessage(error)}` })
-        })).pipe(Effect.map(withChannelListeners))
+        Effect.async<C, AmqpError>((resume) => {
+          let abandoned = false
+          create(model).then(
+            (channel) => {
+              withChannelListeners(channel)
+              if (abandoned) channel.close().catch(() => {})
+              else resume(Effect.succeed(channel))
+            },
+            (error) =>
+              resume(Effect.fail(new AmqpError({ message: `cannot open ${what} on ${endpoint}: ${errorMessage(error)}` })))
+          )
+          return Effect.sync(() => {
+            abandoned = true
+          })
+        }))
 
     return {
       connected,

@@ -114,6 +114,16 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
       )
     }))
     yield* Effect.addFinalizer(() => publisher === undefined ? Effect.void : closeChannel(publisher))
+    // Topology on start when the broker is there; when it is not, the first channel opened later declares it.
+    yield* publisherChannel.pipe(
+      Effect.timeoutFail({
+        duration: publishTimeout,
+        onTimeout: () => new AmqpError({ message: `no connection within ${Duration.format(publishTimeout)}` })
+      }),
+      Effect.catchAll((error) =>
+        Effect.logWarning(`queue ${queueName} not declared at start (${error.message}); it will be on connection`)
+      )
+    )
 
     /** Declares the bucket's queue before each use: that renews its `x-expires` lease and recreates an expired one. */
     const declareDelayQueue = (channel: amqp.Channel, bucket: number) =>
@@ -218,7 +228,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
 
         /** One channel's life: consume until it closes. Fails if it could not start. */
         const consumeOnce = Effect.acquireUseRelease(
-          connection.createChannel.pipe(Effect.map(track)),
+          Effect.interruptible(connection.createChannel).pipe(Effect.map(track)),
           (tracked) =>
             Effect.gen(function*() {
               const closed = yield* Deferred.make<void>()

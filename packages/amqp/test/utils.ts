@@ -3,7 +3,7 @@
  * connection from the broker's side (only ours: other suites share the broker).
  */
 import * as amqp from "amqplib"
-import { Effect, Layer } from "effect"
+import { type Duration, Effect, Layer, Schedule } from "effect"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import { ProgramRepository } from "@program-executor/core"
@@ -35,16 +35,22 @@ export const deleteQueues = (url: string, queues: ReadonlyArray<string>) =>
       discard: true
     })))
 
-/** Closes, from the broker, the connection the adapter holds now (found by its local port). */
-export const closeFromBroker = Effect.gen(function*() {
+/** The broker's id (Erlang pid) of the connection the adapter holds now, found by its local port. */
+export const brokerConnectionId = Effect.gen(function*() {
   const connection = yield* AmqpConnection.AmqpConnection
   const { model } = yield* connection.connected
   const localPort = (model.connection as unknown as { stream: { localPort: number } }).stream.localPort
   const { stdout } = yield* Effect.promise(() => run("rabbitmqctl", ["-q", "list_connections", "pid", "peer_port"]))
   const pid = stdout.split("\n").map((line) => line.trim().split(/\s+/)).find(([, port]) => port === String(localPort))?.[0]
   if (pid === undefined) return yield* Effect.die(new Error(`no broker connection from local port ${localPort}`))
-  yield* Effect.promise(() => run("rabbitmqctl", ["-q", "close_connection", pid, "test"]))
+  return pid
 })
+
+/** Closes a connection from the broker's side, as a broker restart would (only ours: the broker is shared). */
+export const closeConnection = (pid: string) =>
+  Effect.promise(() => run("rabbitmqctl", ["-q", "close_connection", pid, "test"])).pipe(Effect.asVoid)
+
+export const closeFromBroker = Effect.flatMap(brokerConnectionId, closeConnection)
 
 /** RabbitMQ queue + in-memory repository for one test, its queues deleted afterwards. */
 export const rabbitLayer = (url: string, options: AmqpProgramQueue.AmqpProgramQueueOptions & { readonly queueName: string }) => {
@@ -57,3 +63,17 @@ export const rabbitLayer = (url: string, options: AmqpProgramQueue.AmqpProgramQu
     Layer.provideMerge(Layer.merge(AmqpConnection.layer({ url, connectionName: `test ${options.queueName}` }), cleanup))
   )
 }
+
+/** Polls `check` every 20 ms until it holds; dies after `within`. */
+export const eventually = <E, R>(
+  what: string,
+  check: Effect.Effect<boolean, E, R>,
+  within: Duration.DurationInput = "20 seconds"
+) =>
+  check.pipe(
+    Effect.filterOrFail((ok) => ok, () => new Error(`not yet: ${what}`)),
+    Effect.retry(Schedule.spaced("20 millis")),
+    Effect.timeoutFail({ duration: within, onTimeout: () => new Error(`timed out waiting until ${what}`) }),
+    Effect.orDie,
+    Effect.asVoid
+  )

@@ -1,0 +1,114 @@
+/**
+ * The broker closes our connection (as on a broker restart, without stopping the broker shared with other suites):
+ * publishers and consumers carry on over a new connection, and deliveries of the old one are harmless to settle.
+ */
+import { expect, it } from "@effect/vitest"
+import { Duration, Effect, Layer, Option, type Scope } from "effect"
+import {
+  Executor,
+  ExecutorConfig,
+  Job,
+  JobContext,
+  JobLibrary,
+  ProgramExecutor,
+  ProgramQueue,
+  ProgramRepository
+} from "@program-executor/core"
+import { randomUUID } from "node:crypto"
+import { AmqpConnection } from "@program-executor/amqp"
+import { uniqueNamespace } from "../../core/test/conformance/ProgramQueueConformance.js"
+import { describeWithService } from "../../core/test/utils/services.js"
+import { brokerConnectionId, closeConnection, closeFromBroker, eventually, inspectQueue, rabbitLayer } from "./utils.js"
+
+const claim = { owner: "test", leaseFor: Duration.minutes(1) }
+
+describeWithService("AMQP_URL", "AMQP reconnect", (url) => {
+  const withQueue = <A, E>(
+    body: (queueName: string) => Effect.Effect<A, E, ProgramQueue | ProgramRepository | AmqpConnection.AmqpConnection | Scope.Scope>
+  ) => {
+    const queueName = uniqueNamespace("reconnect")
+    return Effect.scoped(body(queueName)).pipe(Effect.provide(rabbitLayer(url, { queueName })))
+  }
+
+  it.live("publisher and consumer resume after the broker closes the connection; old deliveries settle harmlessly", () =>
+    withQueue((queueName) =>
+      Effect.gen(function*() {
+        const queue = yield* ProgramQueue
+        const subscription = yield* queue.subscribe({ prefetch: 4, claim })
+        const first = { runId: randomUUID(), step: 0 }
+        yield* queue.publish(first)
+        const before = yield* subscription.take.pipe(Effect.timeout("10 seconds"))
+        expect(before.message).toEqual(first)
+
+        yield* closeFromBroker
+
+        // The old channel is gone: acking its delivery does nothing and fails nothing; the broker redelivers it.
+        yield* before.ack
+        const second = { runId: randomUUID(), step: 1 }
+        yield* queue.publish(second)
+        const after = [
+          yield* subscription.take.pipe(Effect.timeout("20 seconds")),
+          yield* subscription.take.pipe(Effect.timeout("20 seconds"))
+        ]
+        expect(after.map((delivery) => delivery.message.runId).sort()).toEqual([first.runId, second.runId].sort())
+        yield* Effect.forEach(after, (delivery) => delivery.ack, { discard: true })
+        yield* subscription.stop
+        expect((yield* inspectQueue(url, queueName)).messageCount).toBe(0)
+      })))
+
+  it.live("the executor keeps running programs while the broker closes its connection", () =>
+    withQueue(() =>
+      Effect.gen(function*() {
+        const executions = new Map<string, number>()
+        let completed = 0
+        const job = (name: string) =>
+          Job.make(name, Effect.gen(function*() {
+            const ctx = yield* JobContext
+            const key = `${ctx.runId}/${ctx.step}`
+            executions.set(key, (executions.get(key) ?? 0) + 1)
+            yield* Effect.sleep("150 millis")
+            completed++
+          }))
+        const programs = 20
+        const jobs = ["first", "second", "third"]
+        const repository = yield* ProgramRepository
+        const runIds = yield* Effect.scoped(Effect.gen(function*() {
+          yield* Effect.forkScoped(Executor.run)
+          const runIds = yield* Effect.forEach(
+            Array.from({ length: programs }),
+            () => ProgramExecutor.createProgram({ jobs }),
+            { concurrency: 4 }
+          )
+          const pid = yield* brokerConnectionId
+          yield* eventually("a few steps ran", Effect.sync(() => completed >= 8))
+          yield* closeConnection(pid)
+          const completedAtClose = completed
+          expect(completedAtClose).toBeLessThan(programs * jobs.length)
+          yield* eventually(
+            "every program finished",
+            repository.list({ inProgressOnly: true, limit: 1 }).pipe(Effect.map((left) => left.length === 0)),
+            "60 seconds"
+          )
+          const connection = yield* AmqpConnection.AmqpConnection
+          expect((yield* connection.connected).generation).toBe(2)
+          return runIds
+        }).pipe(Effect.provide(Layer.mergeAll(
+          ProgramExecutor.layer,
+          JobLibrary.layer(...jobs.map(job)),
+          ExecutorConfig.layer({
+            concurrency: 4,
+            shutdownGrace: Duration.seconds(2),
+            sweepInterval: Duration.millis(500),
+            staleAfter: Duration.seconds(2)
+          })
+        ))))
+        for (const runId of runIds) {
+          const program = Option.getOrThrow(yield* repository.get(runId))
+          expect(program.finishedAt).not.toBeNull()
+          expect(program.erroredAt).toBeNull()
+          for (let step = 0; step < jobs.length; step++) {
+            expect(executions.get(`${runId}/${step}`) ?? 0).toBeGreaterThanOrEqual(1)
+          }
+        }
+      })), { timeout: 120_000 })
+})
