@@ -88,12 +88,18 @@ const toDate = (value: unknown): Date | null => {
 const isPlainObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
-/** A JSON column as stored: parsed already (jsonb on PostgreSQL) or text to parse (SQLite, MariaDB). */
-const readJson = (column: string, value: unknown, problems: Array<string>): unknown => {
-  if (typeof value !== "string") return value
+/**
+ * How JSON columns arrive: parsed (jsonb), as text (SQLite), or either (mysql2 parses JSON columns where the server
+ * marks them as JSON, so a string may be a parsed JSON string: the column's check makes stored text valid JSON).
+ */
+export type JsonColumns = "parsed" | "text" | "either"
+
+const readJson = (column: string, value: unknown, mode: JsonColumns, problems: Array<string>): unknown => {
+  if (mode === "parsed" || typeof value !== "string") return value
   try {
     return JSON.parse(value)
   } catch (error) {
+    if (mode === "either") return value
     problems.push(`${column} is not valid JSON (${error instanceof Error ? error.message : String(error)})`)
     return undefined
   }
@@ -103,17 +109,17 @@ const readJson = (column: string, value: unknown, problems: Array<string>): unkn
  * A row as the executor sees it. Never fails: what cannot be read (JSON written by hand, a wrong shape) is described
  * in `corruption`, so the executor fails that program alone with a clear message.
  */
-export const decodeRow = (row: Row): ProgramRecord => {
+export const decodeRowWith = (row: Row, parsed: JsonColumns): ProgramRecord => {
   const problems: Array<string> = []
-  const jobsValue = readJson("jobs", row.jobs, problems)
+  const jobsValue = readJson("jobs", row.jobs, parsed, problems)
   let jobs: ReadonlyArray<string> = []
   if (Array.isArray(jobsValue) && jobsValue.every((job) => typeof job === "string")) jobs = jobsValue
   else if (jobsValue !== undefined) problems.push("jobs is not a JSON array of job names")
-  const programValue = readJson("program_data", row.program_data, problems)
+  const programValue = readJson("program_data", row.program_data, parsed, problems)
   let programData: Record<string, unknown> = {}
   if (isPlainObject(programValue)) programData = programValue
   else if (programValue !== undefined && programValue !== null) problems.push("program_data is not a JSON object")
-  const jobDataValue = readJson("job_data", row.job_data, problems)
+  const jobDataValue = readJson("job_data", row.job_data, parsed, problems)
   let jobData: Record<string, unknown> = {}
   if (isPlainObject(jobDataValue)) jobData = jobDataValue
   else if (jobDataValue !== undefined && jobDataValue !== null) problems.push("job_data is not a JSON object")
@@ -173,6 +179,8 @@ export const dialectOf = (sql: SqlClient.SqlClient): Effect.Effect<Dialect, Repo
 export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
   const table = sql(tableName)
   const lit = sql.literal
+  const jsonColumns: JsonColumns = dialect === "pg" ? "parsed" : dialect === "mysql" ? "either" : "text"
+  const decodeRow = (row: Row) => decodeRowWith(row, jsonColumns)
   const columns = lit(
     "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, error_message, " +
       "created_at, updated_at, locked_by, locked_until, next_run_at"
@@ -256,7 +264,7 @@ export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, table
       sql<Row>`SELECT ${columns} FROM ${table} WHERE ${sql.and(clauses)} ORDER BY id ${order} LIMIT ${
         lit(String(limit))
       } OFFSET ${lit(String(offset))}`.withoutTransform,
-      (rows) => rows.map(decodeRow)
+      (rows) => rows.map((row) => decodeRow(row))
     )
   }
 
@@ -282,14 +290,14 @@ export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, table
         return Effect.map(
           sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING ${columns}`
             .withoutTransform,
-          (rows) => rows.map(decodeRow)
+          (rows) => rows.map((row) => decodeRow(row))
         )
       case "sqlite":
         // One writer at a time: the subquery and the update are one atomic statement.
         return Effect.map(
           sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n}) RETURNING ${columns}`
             .withoutTransform,
-          (rows) => rows.map(decodeRow)
+          (rows) => rows.map((row) => decodeRow(row))
         )
       case "mysql":
         // No UPDATE … RETURNING: lock the rows (skipping locked ones), lease them, and return them as leased.

@@ -1,0 +1,232 @@
+/**
+ * What only the SQL backends can show: URLs and table names, concurrent migrations, several workers on one table,
+ * rows broken by hand, and the embedded mode resuming after a restart.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import {
+  Executor,
+  ExecutorConfig,
+  Job,
+  JobContext,
+  JobLibrary,
+  ProgramExecutor,
+  ProgramRepository
+} from "@program-executor/core"
+import { Duration, Effect, Exit, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
+import { rmSync } from "node:fs"
+import { describeWithService } from "../../core/test/utils/services.js"
+import { SqlDatabase, SqlProgramExecutor, SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
+import { type Backend, database, sqliteFile, storage } from "./utils.js"
+
+let counter = 0
+const uniqueTable = (prefix: string) =>
+  `${prefix}_${Date.now().toString(36)}_${(counter++).toString(36)}_${Math.random().toString(36).slice(2, 6)}`
+
+const workerConfig = (workerId: string): ExecutorConfig.ExecutorOptions => ({
+  ...ExecutorConfig.defaults(),
+  workerId,
+  concurrency: 8,
+  leaseDuration: Duration.seconds(10),
+  heartbeatInterval: Duration.seconds(1),
+  retrySchedule: Schedule.spaced("10 millis"),
+  sweepInterval: Duration.seconds(1),
+  staleAfter: Duration.seconds(2),
+  shutdownGrace: Duration.seconds(2),
+  storageRetry: Schedule.spaced("50 millis").pipe(Schedule.upTo("20 seconds"))
+})
+
+/** Polls `list` until no program is in progress, at most `within`. */
+const awaitIdle = (within: Duration.DurationInput = "60 seconds") =>
+  Effect.flatMap(ProgramRepository, (repository) => {
+    const loop: Effect.Effect<void, unknown> = Effect.flatMap(
+      repository.list({ inProgressOnly: true, limit: 1 }),
+      (left) => left.length === 0 ? Effect.void : Effect.zipRight(Effect.sleep("50 millis"), loop)
+    )
+    return loop.pipe(Effect.timeoutFail({ duration: within, onTimeout: () => new Error("programs still in progress") }))
+  })
+
+const quiet = Logger.minimumLogLevel(LogLevel.None)
+
+describe("SqlDatabase", () => {
+  it.effect("rejects an unknown scheme without showing the password", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(SqlDatabase.parseUrl("redis://admin:s3cret@localhost:6379/0"))
+      expect(error._tag).toBe("InvalidDatabaseUrlError")
+      expect(error.message).toContain("redis://admin:***@localhost:6379/0")
+      expect(error.message).not.toContain("s3cret")
+      const built = yield* Effect.exit(
+        Layer.build(SqlDatabase.layer(Redacted.make("oracle://u:hunter2@db/x"))).pipe(Effect.scoped)
+      )
+      expect(Exit.isFailure(built)).toBe(true)
+      expect(JSON.stringify(built)).not.toContain("hunter2")
+    }))
+
+  it.effect("chooses the driver by scheme", () =>
+    Effect.gen(function*() {
+      expect((yield* SqlDatabase.parseUrl("postgresql://u:p@h:5433/db"))._tag).toBe("pg")
+      const mysql = yield* SqlDatabase.parseUrl("mariadb://root:p%40ss@db.local/test")
+      expect(mysql).toMatchObject({ _tag: "mysql", host: "db.local", port: 3306, database: "test", username: "root" })
+      expect(mysql._tag === "mysql" && Redacted.value(mysql.password!)).toBe("p@ss")
+      expect(yield* SqlDatabase.parseUrl("sqlite:./data/x.db")).toEqual({ _tag: "sqlite", filename: "./data/x.db" })
+      expect(yield* SqlDatabase.parseUrl("file:/tmp/x.db")).toEqual({ _tag: "sqlite", filename: "/tmp/x.db" })
+      expect(yield* SqlDatabase.parseUrl("sqlite::memory:")).toEqual({ _tag: "sqlite", filename: ":memory:" })
+      expect((yield* Effect.flip(SqlDatabase.parseUrl("sqlite:")))._tag).toBe("InvalidDatabaseUrlError")
+      expect((yield* Effect.flip(SqlDatabase.parseUrl("mysql://")))._tag).toBe("InvalidDatabaseUrlError")
+    }))
+
+  it.effect("an unsafe table name is a typed error, and no SQL is sent", () =>
+    Effect.gen(function*() {
+      for (const tableName of ["programs; DROP TABLE x", "1abc", "a-b", "", "x".repeat(64), "naïve"]) {
+        const error = yield* Effect.flip(
+          SqlProgramRepository.make({ tableName }).pipe(Effect.provide(SqlDatabase.layerSqlite(":memory:")))
+        )
+        expect(error._tag).toBe("InvalidTableNameError")
+        const queueError = yield* Effect.flip(
+          SqlProgramQueue.make({ tableName }).pipe(Effect.scoped, Effect.provide(SqlDatabase.layerSqlite(":memory:")))
+        )
+        expect(queueError._tag).toBe("InvalidTableNameError")
+      }
+      // A 63-character name is fine, indexes included.
+      yield* SqlProgramRepository.make({ tableName: "t".repeat(63) }).pipe(
+        Effect.provide(SqlDatabase.layerSqlite(":memory:"))
+      )
+    }))
+})
+
+const backendSuite = (backend: Backend, url?: string) => {
+  it.live("several workers starting at once create the table once", () =>
+    Effect.gen(function*() {
+      const tableName = uniqueTable("mig")
+      const start = (insert: boolean) =>
+        Effect.gen(function*() {
+          const repository = yield* SqlProgramRepository.make({ tableName })
+          if (insert) yield* repository.insert({ runId: crypto.randomUUID(), jobs: ["a"], programData: {}, jobData: {} })
+          return yield* repository.list({})
+        }).pipe(Effect.provide(database(backend, tableName, url)))
+      yield* Effect.all(Array.from({ length: 6 }, () => start(false)), { concurrency: "unbounded" })
+      expect(yield* start(true)).toHaveLength(1)
+    }), { timeout: 60_000 })
+
+  it.live("several workers on one table: every program finishes, no step runs twice or on two workers at once", () =>
+    Effect.gen(function*() {
+      const tableName = uniqueTable("conc")
+      const programs = backend === "sqlite" ? 300 : 200
+      const jobNames = ["a", "b", "c", "d"]
+      const runs = new Map<string, number>()
+      const active = new Set<string>()
+      const overlaps: Array<string> = []
+      const jobs = jobNames.map((name) =>
+        Job.make(
+          name,
+          Effect.gen(function*() {
+            const ctx = yield* JobContext
+            const key = `${ctx.runId}/${ctx.step}`
+            if (active.has(key)) overlaps.push(key)
+            active.add(key)
+            runs.set(key, (runs.get(key) ?? 0) + 1)
+            yield* ctx.jobData.merge({ ran: true })
+            yield* Effect.yieldNow()
+            active.delete(key)
+          })
+        )
+      )
+      const services = Layer.mergeAll(
+        ProgramExecutor.layer.pipe(Layer.provideMerge(storage(backend, url)(tableName))),
+        JobLibrary.layer(...jobs)
+      )
+      yield* Effect.gen(function*() {
+        for (const index of [0, 1, 2, 3]) {
+          yield* Effect.forkScoped(
+            Effect.provideService(Executor.run, ExecutorConfig.ExecutorConfig, workerConfig(`worker-${index}`))
+          )
+        }
+        const runIds = yield* Effect.forEach(
+          Array.from({ length: programs }),
+          () => ProgramExecutor.createProgram({ jobs: jobNames }),
+          { concurrency: 8 }
+        )
+        yield* awaitIdle()
+        const repository = yield* ProgramRepository
+        const rows = yield* repository.list({ limit: programs + 1, order: "asc" })
+        expect(rows).toHaveLength(programs)
+        for (const row of rows) {
+          expect(row.finishedAt, `${row.runId}: ${row.errorMessage}`).not.toBeNull()
+          expect(row.erroredAt).toBeNull()
+          expect(row.step).toBe(jobNames.length - 1)
+          expect(row.jobData).toEqual(Object.fromEntries(jobNames.map((name) => [name, { ran: true }])))
+        }
+        expect(overlaps).toEqual([])
+        for (const runId of runIds) {
+          for (const step of [0, 1, 2, 3]) expect(runs.get(`${runId}/${step}`), `${runId}/${step}`).toBe(1)
+        }
+      }).pipe(Effect.scoped, Effect.provide(services))
+    }).pipe(Effect.provide(quiet)), { timeout: 120_000 })
+
+  it.live("a row broken by hand fails that program with a clear message; the worker runs the others", () =>
+    Effect.gen(function*() {
+      const tableName = uniqueTable("bad")
+      const ran: Array<string> = []
+      const job = Job.make("a", Effect.flatMap(JobContext, (ctx) => Effect.sync(() => ran.push(ctx.runId))))
+      const services = Layer.mergeAll(
+        ProgramExecutor.layer.pipe(Layer.provideMerge(storage(backend, url)(tableName))),
+        JobLibrary.layer(job)
+      )
+      yield* Effect.gen(function*() {
+        const executor = yield* ProgramExecutor
+        const repository = yield* ProgramRepository
+        const sql = yield* SqlClient.SqlClient
+        const good = yield* Effect.forEach([1, 2, 3], () => executor.createProgram({ jobs: ["a"] }))
+        const wrongShape = yield* executor.createProgram({ jobs: ["a"] })
+        const badData = yield* executor.createProgram({ jobs: ["a"] })
+        yield* sql.unsafe(`UPDATE ${tableName} SET jobs = '{"a": 1}' WHERE run_id = '${wrongShape}'`).raw
+        yield* sql.unsafe(`UPDATE ${tableName} SET program_data = '"text"' WHERE run_id = '${badData}'`).raw
+        // Malformed text only where the column accepts it (SQLite); jsonb and MariaDB's JSON check refuse it.
+        const malformed = backend === "sqlite" ? Option.some(yield* executor.createProgram({ jobs: ["a"] })) : Option.none()
+        if (Option.isSome(malformed)) {
+          yield* sql.unsafe(`UPDATE ${tableName} SET jobs = '["a", oops' WHERE run_id = '${malformed.value}'`).raw
+        }
+        yield* Effect.forkScoped(Effect.provideService(Executor.run, ExecutorConfig.ExecutorConfig, workerConfig("w")))
+        yield* awaitIdle()
+        for (const runId of good) expect((yield* repository.get(runId)).pipe(Option.getOrThrow).finishedAt).not.toBeNull()
+        const shape = Option.getOrThrow(yield* repository.get(wrongShape))
+        expect(shape.erroredAt).not.toBeNull()
+        expect(shape.errorMessage).toMatch(/cannot be read: jobs is not a JSON array/)
+        const data = Option.getOrThrow(yield* repository.get(badData))
+        expect(data.errorMessage).toMatch(/program_data is not a JSON object/)
+        if (Option.isSome(malformed)) {
+          const row = Option.getOrThrow(yield* repository.get(malformed.value))
+          expect(row.errorMessage).toMatch(/jobs is not valid JSON/)
+        }
+        expect(ran.sort()).toEqual([...good].sort())
+      }).pipe(Effect.scoped, Effect.provide(Layer.merge(services, database(backend, tableName, url))))
+    }).pipe(Effect.provide(quiet)), { timeout: 60_000 })
+}
+
+describe("SQLite", () => {
+  backendSuite("sqlite")
+
+  it.live("layerEmbedded: programs created before a restart finish after it", () =>
+    Effect.gen(function*() {
+      const filename = sqliteFile(uniqueTable("embedded"))
+      const job = Job.make("a", Effect.void)
+      const embedded = SqlProgramExecutor.layerEmbedded({ filename, tableName: "programs" })
+      // First process: creates programs, then stops without running them.
+      const runIds = yield* Effect.forEach([1, 2, 3], () => ProgramExecutor.createProgram({ jobs: ["a", "a"] })).pipe(
+        Effect.provide(embedded)
+      )
+      // Second process: a worker on the same file resumes them.
+      yield* Effect.gen(function*() {
+        yield* Effect.forkScoped(Effect.provideService(Executor.run, ExecutorConfig.ExecutorConfig, workerConfig("w")))
+        yield* awaitIdle()
+        for (const runId of runIds) {
+          expect(Option.getOrThrow(yield* ProgramExecutor.get(runId)).finishedAt).not.toBeNull()
+        }
+      }).pipe(Effect.scoped, Effect.provide(Layer.merge(embedded, JobLibrary.layer(job))))
+      rmSync(filename, { force: true })
+    }).pipe(Effect.provide(quiet)), { timeout: 60_000 })
+})
+
+describeWithService("DATABASE_URL", "PostgreSQL", (url) => backendSuite("pg", url))
+describeWithService("MYSQL_URL", "MariaDB", (url) => backendSuite("mysql", url))
+
