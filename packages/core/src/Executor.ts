@@ -61,7 +61,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
     Effect.gen(function*() {
       yield* subscription.stop
       const inFlight = yield* FiberSet.size(running)
-      if (inFlight === 0) return
+      if (inFlight === 0 || Duration.isZero(config.shutdownGrace)) return
       yield* Effect.logInfo(`shutting down: waiting for ${inFlight} running step(s)`)
       // Finalizers run uninterruptibly; the wait must be interruptible for the timeout to end it.
       const drained = yield* Effect.interruptible(FiberSet.awaitEmpty(running)).pipe(

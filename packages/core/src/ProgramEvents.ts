@@ -5,6 +5,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as PubSub from "effect/PubSub"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 
 export type ProgramEvent = Data.TaggedEnum<{
@@ -41,16 +42,23 @@ export const ProgramEvent = Data.taggedEnum<ProgramEvent>()
 
 export interface ProgramEventsService {
   readonly publish: (event: ProgramEvent) => Effect.Effect<void>
-  /** Events from the moment the stream is run. Each subscriber gets every event. */
+  /** Events from the moment the stream starts running. Each subscriber gets every event. */
   readonly stream: Stream.Stream<ProgramEvent>
+  /** Subscribes now (not when the stream starts), so no event published after this returns is missed. */
+  readonly subscribe: Effect.Effect<Stream.Stream<ProgramEvent>, never, Scope.Scope>
 }
 
 /** Without `layer` provided, events go nowhere: publishing costs nothing and the stream is empty. */
 export class ProgramEvents extends Context.Reference<ProgramEvents>()("@program-executor/core/ProgramEvents", {
-  defaultValue: (): ProgramEventsService => ({ publish: () => Effect.void, stream: Stream.empty })
+  defaultValue: (): ProgramEventsService => ({
+    publish: () => Effect.void,
+    stream: Stream.empty,
+    subscribe: Effect.succeed(Stream.empty)
+  })
 }) {
   static readonly layer = (options?: { readonly capacity?: number }) => layer(options)
   static readonly stream = Stream.unwrap(Effect.map(this, (events) => events.stream))
+  static readonly subscribe = Effect.flatMap(this, (events) => events.subscribe)
 }
 
 /**
@@ -64,7 +72,8 @@ const layer = (options?: { readonly capacity?: number }): Layer.Layer<ProgramEve
       const hub = yield* Effect.acquireRelease(PubSub.sliding<ProgramEvent>(options?.capacity ?? 4096), PubSub.shutdown)
       return {
         publish: (event) => PubSub.publish(hub, event).pipe(Effect.asVoid),
-        stream: Stream.fromPubSub(hub)
+        stream: Stream.fromPubSub(hub),
+        subscribe: Stream.fromPubSub(hub, { scoped: true })
       }
     })
   )

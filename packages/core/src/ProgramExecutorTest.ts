@@ -12,6 +12,7 @@
  */
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -53,7 +54,8 @@ export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>, E = never>
     options.storage ?? Layer.merge(ProgramRepository.layerMemory, ProgramQueue.layerMemory),
     ProgramEvents.layer(),
     JobLibrary.layer(...options.jobs),
-    ExecutorConfig.layer(options.config)
+    // No shutdown grace by default: the test clock would never let it elapse when the layer closes on a running job.
+    ExecutorConfig.layer({ shutdownGrace: Duration.zero, ...options.config })
   )
   const workers = Layer.scopedDiscard(
     Effect.gen(function*() {
