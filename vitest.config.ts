@@ -1,9 +1,14 @@
 import { defineConfig } from "vitest/config"
 
-const project = (name: string, dir: string, options: { readonly singleFork?: boolean } = {}) => ({
+const project = (
+  name: string,
+  dir: string,
+  options: { readonly singleFork?: boolean; readonly exclude?: Array<string> } = {}
+) => ({
   test: {
     name,
     include: [`${dir}/**/*.test.ts`],
+    exclude: ["**/node_modules/**", ...(options.exclude ?? [])],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // Suites that share a real database or broker, or start worker processes, run one file at a time.
@@ -20,7 +25,7 @@ export default defineConfig({
       project("cli", "packages/cli/test"),
       project("compat", "packages/compat/test"),
       project("examples", "examples"),
-      project("e2e", "test", { singleFork: true })
+      project("e2e", "test", { singleFork: true, exclude: ["test/faults/**"] })
     ]
   }
 })
