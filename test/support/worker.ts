@@ -1,0 +1,78 @@
+/**
+ * A real worker process for the end-to-end and fault suites: PostgreSQL + RabbitMQ, `Executor.run` under
+ * `NodeRuntime.runMain` (SIGTERM/SIGINT = graceful shutdown, exit 0). Start it with
+ * `node --import tsx test/support/worker.ts` (not through `pnpm run`, which does not forward signals).
+ *
+ * Environment:
+ * - `DATABASE_URL`, `AMQP_URL`
+ * - `PE_TABLE` (programs table), `PE_QUEUE` (queue name), `PE_EXECUTIONS_TABLE` (where jobs record each run; the
+ *   test creates it: run_id, step, attempt, pid, job, started_at, finished_at)
+ * - `PE_JOB_DURATION` (how long each job takes, default "50 millis")
+ * - the executor's `PE_*` settings (`PE_CONCURRENCY`, `PE_SHUTDOWN_GRACE`, `PE_STALE_AFTER`, `PE_SWEEP_INTERVAL`, …)
+ *
+ * Jobs `step_a`, `step_b`, `step_c` each insert a row when they start and set its `finished_at` when they end.
+ */
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
+import { Executor, ExecutorConfig, Job, JobContext, JobLibrary, RetryableError } from "@program-executor/core"
+import { SqlDatabase, SqlProgramRepository } from "@program-executor/sql"
+import { Config, Effect, Layer, Redacted } from "effect"
+import pg from "pg"
+
+class Recorder extends Effect.Tag("test/Recorder")<Recorder, pg.Pool>() {}
+
+const settings = Config.all({
+  databaseUrl: Config.redacted("DATABASE_URL"),
+  tableName: Config.string("PE_TABLE"),
+  queueName: Config.string("PE_QUEUE"),
+  executionsTable: Config.string("PE_EXECUTIONS_TABLE"),
+  jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("50 millis"))
+})
+
+const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
+  const { databaseUrl, executionsTable, jobDuration, queueName, tableName } = yield* settings
+  if (!/^[a-z_][a-z0-9_]*$/i.test(executionsTable)) return yield* Effect.dieMessage("bad PE_EXECUTIONS_TABLE")
+
+  // The recording uses its own small pool, so it does not depend on the repository's internals.
+  const recorder = Layer.scoped(
+    Recorder,
+    Effect.acquireRelease(
+      Effect.sync(() => new pg.Pool({ connectionString: Redacted.value(databaseUrl), max: 4 })),
+      (pool) => Effect.promise(() => pool.end())
+    )
+  )
+  const query = (text: string, values: Array<unknown>) =>
+    Effect.flatMap(Recorder, (pool) =>
+      Effect.tryPromise({
+        try: () => pool.query(text, values),
+        catch: (error) => new RetryableError({ message: `recording failed: ${String(error)}` })
+      }))
+
+  const recordingJob = (name: string) =>
+    Job.make(name, Effect.gen(function*() {
+      const ctx = yield* JobContext
+      const started = yield* query(
+        `INSERT INTO ${executionsTable} (run_id, step, attempt, pid, job, started_at)
+         VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id`,
+        [ctx.runId, ctx.step, ctx.attempt, process.pid, name]
+      )
+      yield* Effect.sleep(jobDuration)
+      yield* query(`UPDATE ${executionsTable} SET finished_at = clock_timestamp() WHERE id = $1`, [started.rows[0].id])
+    }))
+
+  return Layer.mergeAll(
+    SqlProgramRepository.layer({ tableName }),
+    AmqpProgramQueue.layer({ queueName }),
+    JobLibrary.layer(recordingJob("step_a"), recordingJob("step_b"), recordingJob("step_c")),
+    ExecutorConfig.layerFromEnv()
+  ).pipe(
+    Layer.provideMerge(recorder),
+    Layer.provide(SqlDatabase.layer(databaseUrl)),
+    Layer.provide(AmqpConnection.layerConfig({
+      url: Config.redacted("AMQP_URL"),
+      connectionName: Config.succeed(`test worker ${process.pid}`)
+    }))
+  )
+}))
+
+Executor.run.pipe(Effect.provide(WorkerLive), NodeRuntime.runMain)
