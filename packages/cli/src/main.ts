@@ -9,6 +9,6 @@ Cli.run(process.argv).pipe(
   NodeRuntime.runMain({
     disableErrorReporting: true,
     // A command is done when its effect is: exit even if a driver left a socket or timer behind.
-    teardown: (exit, onExit) => defaultTeardown(exit, (code) => process.exit(code))
+    teardown: (exit) => defaultTeardown(exit, (code) => process.exit(code))
   })
 )
