@@ -22,7 +22,7 @@ import * as Executor from "./Executor.js"
 import * as ExecutorConfig from "./ExecutorConfig.js"
 import type * as Job from "./Job.js"
 import { JobLibrary, type JobLibraryError } from "./JobLibrary.js"
-import type { ProgramRecord } from "./Program.js"
+import type { CreateProgramInput, InvalidProgramError, ProgramRecord } from "./Program.js"
 import { ProgramEvents } from "./ProgramEvents.js"
 import { ProgramExecutor } from "./ProgramExecutor.js"
 import { ProgramQueue } from "./ProgramQueue.js"
@@ -100,3 +100,21 @@ export const runUntilIdle = (
       runIds: stuck.map((program) => program.runId)
     })
   })
+
+/**
+ * Runs one program to its end on a fresh in-memory layer under `TestClock` and returns its row: the shortest way
+ * to test a job's behaviour (retries, failures, job data).
+ */
+export const runProgram = <const Jobs extends ReadonlyArray<Job.Job<any>>>(
+  input: CreateProgramInput,
+  options: TestLayerOptions<Jobs>
+): Effect.Effect<
+  ProgramRecord,
+  ProgramsStuckError | RepositoryError | InvalidProgramError | JobLibraryError | ConfigError.ConfigError,
+  Job.Context<Jobs[number]>
+> =>
+  Effect.gen(function*() {
+    const runId = yield* ProgramExecutor.createProgram(input)
+    const programs = yield* runUntilIdle()
+    return programs.find((program) => program.runId === runId)!
+  }).pipe(Effect.provide(layer(options)))

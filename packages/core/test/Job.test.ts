@@ -4,6 +4,7 @@ import {
   Job,
   JobContext,
   JobLibrary,
+  Program,
   ProgramExecutor,
   ProgramExecutorTest,
   RetryableError
@@ -11,12 +12,8 @@ import {
 import { Effect, Layer, Ref, Schema } from "effect"
 import { awaitProgram, fastConfig } from "./conformance/ExecutorConformance.js"
 
-/** Creates one program, runs it to the end under the test clock, returns its row. */
-const runProgram = (jobs: ReadonlyArray<Job.Job>, input: ProgramExecutor["Type"] extends never ? never : any) =>
-  Effect.gen(function*() {
-    yield* ProgramExecutor.createProgram(input)
-    return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-  }).pipe(Effect.provide(ProgramExecutorTest.layer({ jobs })))
+const runProgram = (jobs: ReadonlyArray<Job.Job>, input: Program.CreateProgramInput) =>
+  ProgramExecutorTest.runProgram(input, { jobs })
 
 describe("Job", () => {
   it.effect("typed jobs decode programData and encode jobData with their schemas", () =>

@@ -58,10 +58,7 @@ describe("ProgramExecutorTest", () => {
   it.effect("the default schedule is exponential with jitter, each delay capped at 5 minutes", () =>
     Effect.gen(function*() {
       const runs = yield* Ref.make(0)
-      const program = yield* Effect.gen(function*() {
-        yield* ProgramExecutor.createProgram({ jobs: ["flaky"] })
-        return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-      }).pipe(Effect.provide(ProgramExecutorTest.layer({ jobs: [failTimes("flaky", 12, runs)] })))
+      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["flaky"] }, { jobs: [failTimes("flaky", 12, runs)] })
       expect(program.finishedAt).not.toBeNull()
       const elapsed = program.finishedAt!.getTime() - program.createdAt.getTime()
       // 1+2+4+…+256 s (≈ 511 s) then 3 capped delays of 300 s: jitter keeps each within 80%–120%.
@@ -73,13 +70,10 @@ describe("ProgramExecutorTest", () => {
   it.effect("maxAttempts: Infinity retries without limit (the old library's behaviour)", () =>
     Effect.gen(function*() {
       const runs = yield* Ref.make(0)
-      const program = yield* Effect.gen(function*() {
-        yield* ProgramExecutor.createProgram({ jobs: ["flaky"] })
-        return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-      }).pipe(Effect.provide(ProgramExecutorTest.layer({
+      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["flaky"] }, {
         jobs: [failTimes("flaky", 60, runs)],
         config: { maxAttempts: Infinity, retrySchedule: Schedule.spaced("1 second") }
-      })))
+      })
       expect(program.finishedAt).not.toBeNull()
       expect(yield* Ref.get(runs)).toBe(61)
     }))
@@ -87,13 +81,10 @@ describe("ProgramExecutorTest", () => {
   it.effect("a retry schedule that ends makes the failure fatal", () =>
     Effect.gen(function*() {
       const runs = yield* Ref.make(0)
-      const program = yield* Effect.gen(function*() {
-        yield* ProgramExecutor.createProgram({ jobs: ["flaky"] })
-        return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-      }).pipe(Effect.provide(ProgramExecutorTest.layer({
+      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["flaky"] }, {
         jobs: [failTimes("flaky", 10, runs)],
         config: { retrySchedule: Schedule.spaced("1 second").pipe(Schedule.intersect(Schedule.recurs(2))) }
-      })))
+      })
       expect(program.erroredAt).not.toBeNull()
       expect(program.errorMessage).toBe("retry schedule exhausted after 3 attempt(s): failure 3")
       expect(yield* Ref.get(runs)).toBe(3)
@@ -103,14 +94,11 @@ describe("ProgramExecutorTest", () => {
     Effect.gen(function*() {
       const runs = yield* Ref.make(0)
       const long = Job.make("long", Effect.zipRight(Ref.update(runs, (n) => n + 1), Effect.sleep("10 minutes")))
-      const program = yield* Effect.gen(function*() {
-        yield* ProgramExecutor.createProgram({ jobs: ["long"] })
-        return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-      }).pipe(Effect.provide(ProgramExecutorTest.layer({
+      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["long"] }, {
         jobs: [long],
         workers: 3,
         config: { staleAfter: Duration.seconds(5), sweepInterval: Duration.seconds(5) }
-      })))
+      })
       expect(program.finishedAt).not.toBeNull()
       // The sweeper and two idle workers saw a 30 s lease held for 10 minutes, and left it alone.
       expect(yield* Ref.get(runs)).toBe(1)
@@ -124,10 +112,7 @@ describe("ProgramExecutorTest", () => {
         Effect.flatMap(Ref.updateAndGet(attempts, (n) => n + 1), (n) => n === 1 ? Effect.sleep("1 hour") : Effect.void),
         { timeout: "1 minute" }
       )
-      const program = yield* Effect.gen(function*() {
-        yield* ProgramExecutor.createProgram({ jobs: ["slow"] })
-        return (yield* ProgramExecutorTest.runUntilIdle())[0]!
-      }).pipe(Effect.provide(ProgramExecutorTest.layer({ jobs: [slowThenFast] })))
+      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["slow"] }, { jobs: [slowThenFast] })
       expect(program.finishedAt).not.toBeNull()
       expect(program.errorMessage).toBe("timed out after 1m")
       expect(yield* Ref.get(attempts)).toBe(2)
