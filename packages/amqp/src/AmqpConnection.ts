@@ -33,7 +33,10 @@ export class AmqpError extends Schema.TaggedError<AmqpError>()("AmqpError", {
 export interface AmqpConnectionOptions {
   /** `amqp://user:password@host:port/vhost`. */
   readonly url: Redacted.Redacted<string> | string
-  /** Delays between connection attempts; restarted after every successful connection. Default: 100 ms doubling, capped at 5 s, forever. */
+  /**
+   * Delays between connection attempts, restarted after every successful connection.
+   * Default: from 100 ms, doubling, capped at 5 s, forever.
+   */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
   /** A connection attempt (TCP and AMQP handshake) that takes longer fails. Default 10 seconds. */
   readonly connectTimeout?: Duration.DurationInput
@@ -110,7 +113,8 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
           if (abandoned) model.close().catch(() => {})
           else resume(Effect.succeed(model))
         },
-        (error) => resume(Effect.fail(new AmqpError({ message: `cannot connect to ${endpoint}: ${errorMessage(error)}` })))
+        (error) =>
+          resume(Effect.fail(new AmqpError({ message: `cannot connect to ${endpoint}: ${errorMessage(error)}` })))
       )
       return Effect.sync(() => {
         abandoned = true
@@ -138,12 +142,18 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
             Deferred.unsafeDone(closed, Exit.succeed(error === undefined ? "closed" : errorMessage(error)))
           })
           // Without a listener an 'error' event would crash the process; 'close' follows it.
-          model.on("error", (error: unknown) => runLog(Effect.logWarning(`AMQP connection error: ${errorMessage(error)}`)))
-          model.on("blocked", (reason: unknown) => runLog(Effect.logWarning(`AMQP connection blocked by the broker: ${String(reason)}`)))
+          model.on("error", (error: unknown) => {
+            runLog(Effect.logWarning(`AMQP connection error: ${errorMessage(error)}`))
+          })
+          model.on("blocked", (reason: unknown) => {
+            runLog(Effect.logWarning(`AMQP connection blocked by the broker: ${String(reason)}`))
+          })
           model.on("unblocked", () => runLog(Effect.logInfo("AMQP connection unblocked")))
           generation++
           yield* SubscriptionRef.set(state, Option.some({ model, generation }))
-          yield* Effect.logInfo(`connected to RabbitMQ at ${endpoint}`).pipe(Effect.annotateLogs("generation", generation))
+          yield* Effect.logInfo(`connected to RabbitMQ at ${endpoint}`).pipe(
+            Effect.annotateLogs("generation", generation)
+          )
           const reason = yield* Deferred.await(closed)
           yield* SubscriptionRef.set(state, Option.none())
           yield* Effect.logWarning(`AMQP connection to ${endpoint} lost (${reason}); reconnecting`)
@@ -164,7 +174,9 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
     )
 
     const withChannelListeners = <C extends amqp.Channel>(channel: C): C => {
-      channel.on("error", (error: unknown) => runLog(Effect.logWarning(`AMQP channel closed by the broker: ${errorMessage(error)}`)))
+      channel.on("error", (error: unknown) => {
+        runLog(Effect.logWarning(`AMQP channel closed by the broker: ${errorMessage(error)}`))
+      })
       return channel
     }
 
@@ -179,8 +191,10 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
               if (abandoned) channel.close().catch(() => {})
               else resume(Effect.succeed(channel))
             },
-            (error) =>
-              resume(Effect.fail(new AmqpError({ message: `cannot open ${what} on ${endpoint}: ${errorMessage(error)}` })))
+            (error) => {
+              const message = `cannot open ${what} on ${endpoint}: ${errorMessage(error)}`
+              resume(Effect.fail(new AmqpError({ message })))
+            }
           )
           return Effect.sync(() => {
             abandoned = true

@@ -33,9 +33,9 @@ import { delayBucket, delayQueueExpiry } from "./internal/delayBuckets.js"
 export interface AmqpProgramQueueOptions {
   /** The main queue; delay queues are named after it. Default `program-executor`. */
   readonly queueName?: string
-  /** A publish not confirmed within this long (broker down, connection blocked) fails with `QueueError`. Default 10 s. */
+  /** A publish unconfirmed after this long (broker down, connection blocked) fails with `QueueError`. Default 10s. */
   readonly publishTimeout?: Duration.DurationInput
-  /** A message body larger than this is poison: acked, logged, counted. Default 64 KiB (a wake-up is under 100 bytes). */
+  /** A larger message body is poison: acked, logged, counted. Default 64 KiB (a wake-up is under 100 bytes). */
   readonly maxMessageBytes?: number
   /** How long a poison message's body may be in the log. Default 200 characters. */
   readonly logBodyChars?: number
@@ -55,6 +55,17 @@ export const delayQueueName = (queueName: string, bucket: number) => `${queueNam
 const decodeWakeUp = Schema.decodeUnknownEither(Schema.parseJson(Program.WakeUp))
 
 const errorMessage = (error: unknown) => error instanceof Error ? error.message : String(error)
+
+/** Why a body is not a wake-up, in one short line (the issue's path and message, never the whole body). */
+const describeParseError = (error: ParseResult.ParseError): string => {
+  const [first] = ParseResult.ArrayFormatter.formatErrorSync(error)
+  const text = first === undefined
+    ? "not a wake-up"
+    : first.path.length === 0
+    ? first.message
+    : `${first.path.join(".")}: ${first.message}`
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text
+}
 
 /** Broker refusals (a nack) are final; a closed channel or connection is worth another try on a new one. */
 class Refused extends Schema.TaggedError<Refused>()("Refused", { message: Schema.String }) {}
@@ -182,7 +193,10 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
               })
           }),
           Effect.mapError((error) =>
-            new QueueError({ message: `publishing to ${queueName} on ${connection.endpoint}: ${error.message}`, cause: error })
+            new QueueError({
+              message: `publishing to ${queueName} on ${connection.endpoint}: ${error.message}`,
+              cause: error
+            })
           )
         )
       })
@@ -220,8 +234,9 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
             )
             : Effect.void).pipe(
               Effect.zipRight(Queue.takeAll(received)),
-              Effect.map((pending) => {
+              Effect.flatMap((pending) => {
                 for (const item of pending) settle(item, (channel) => channel.nack(item.message, false, true))
+                return Effect.logInfo(`consumer cancelled; ${pending.length} message(s) not yet taken given back`)
               })
             )
         })
@@ -234,7 +249,8 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
               const closed = yield* Deferred.make<void>()
               tracked.channel.on("close", () => Deferred.unsafeDone(closed, Exit.void))
               yield* call("setting prefetch", () => tracked.channel.prefetch(subscribeOptions.prefetch))
-              yield* call(`declaring queue ${queueName}`, () => tracked.channel.assertQueue(queueName, mainQueueOptions))
+              yield* call(`declaring queue ${queueName}`, () =>
+                tracked.channel.assertQueue(queueName, mainQueueOptions))
               const { consumerTag } = yield* call(`consuming from ${queueName}`, () =>
                 tracked.channel.consume(queueName, (message) => {
                   if (message === null) {
@@ -286,14 +302,12 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
         const toDelivery = (item: Received): Effect.Effect<Option.Option<Delivery>> => {
           if (!item.from.open) return Effect.succeedNone
           if (item.message.content.length > maxMessageBytes) {
-            return Effect.as(poison(item, `${item.message.content.length} bytes, over ${maxMessageBytes}`), Option.none())
+            const reason = `${item.message.content.length} bytes, over ${maxMessageBytes}`
+            return Effect.as(poison(item, reason), Option.none())
           }
           const decoded = decodeWakeUp(item.message.content.toString("utf8"))
           if (Either.isLeft(decoded)) {
-            return Effect.as(
-              poison(item, ParseResult.TreeFormatter.formatErrorSync(decoded.left).split("\n")[0] ?? "not a wake-up"),
-              Option.none()
-            )
+            return Effect.as(poison(item, describeParseError(decoded.left)), Option.none())
           }
           let settled = false
           const once = (how: (channel: amqp.Channel) => void) =>
@@ -312,11 +326,11 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
 
         // A message taken from the buffer is turned into a delivery without interruption, so none is lost in between.
         const take: Effect.Effect<Delivery> = Effect.uninterruptibleMask((restore) => {
-          const next: Effect.Effect<Delivery> = restore(Effect.suspend(() => stopped ? Effect.never : Queue.take(received)))
-            .pipe(
-              Effect.flatMap(toDelivery),
-              Effect.flatMap(Option.match({ onNone: () => next, onSome: Effect.succeed }))
-            )
+          const taken = restore(Effect.suspend(() => stopped ? Effect.never : Queue.take(received)))
+          const next: Effect.Effect<Delivery> = taken.pipe(
+            Effect.flatMap(toDelivery),
+            Effect.flatMap(Option.match({ onNone: () => next, onSome: Effect.succeed }))
+          )
           return next
         })
 

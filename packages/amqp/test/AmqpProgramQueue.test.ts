@@ -14,7 +14,7 @@ import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
 import { uniqueNamespace } from "../../core/test/conformance/ProgramQueueConformance.js"
 import { describeWithService } from "../../core/test/utils/services.js"
 import { delayBucket, delayQueueExpiry } from "../src/internal/delayBuckets.js"
-import { eventually, inspectQueue, rabbitLayer, rawChannel } from "./utils.js"
+import { brokerConnectionId, eventually, inspectQueue, rabbitLayer, rawChannel } from "./utils.js"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 
@@ -83,6 +83,23 @@ describeWithService("AMQP_URL", "AmqpProgramQueue on RabbitMQ", (url) => {
         if (message === false) return
         expect(message.properties.deliveryMode).toBe(2)
         expect(JSON.parse(message.content.toString())).toEqual({ runId, step: 3 })
+      })))
+
+  it.live("publishes concurrently through one long-lived confirm channel", () =>
+    withQueue((queueName) =>
+      Effect.gen(function*() {
+        const queue = yield* ProgramQueue
+        yield* Effect.forEach(Array.from({ length: 50 }, (_, step) => step), (step) =>
+          queue.publish({ runId: randomUUID(), step }), { concurrency: 10, discard: true })
+        yield* Effect.forEach(Array.from({ length: 10 }, (_, step) => step), (step) =>
+          queue.publish({ runId: randomUUID(), step }), { discard: true })
+        expect((yield* inspectQueue(url, queueName)).messageCount).toBe(60)
+        const connection = yield* brokerConnectionId
+        const { stdout } = yield* Effect.promise(() =>
+          promisify(execFile)("rabbitmqctl", ["-q", "list_channels", "connection", "confirm"])
+        )
+        const ours = stdout.split("\n").map((line) => line.trim().split(/\s+/)).filter(([pid]) => pid === connection)
+        expect(ours).toEqual([[connection, "true"]])
       })))
 
   it.live("delays through a TTL queue per bucket that dead-letters back and expires when idle", () =>
