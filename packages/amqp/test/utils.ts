@@ -5,6 +5,7 @@
 import * as amqp from "amqplib"
 import { type Duration, Effect, Layer, Schedule } from "effect"
 import { execFile } from "node:child_process"
+import * as net from "node:net"
 import { promisify } from "node:util"
 import { ProgramRepository } from "@program-executor/core"
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
@@ -77,3 +78,50 @@ export const eventually = <E, R>(
     Effect.orDie,
     Effect.asVoid
   )
+
+/** A TCP proxy to the broker: lets a test have the broker unreachable, or cut live sockets without an AMQP close. */
+export const makeProxy = (target: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const upstream = new URL(target)
+      const sockets = new Set<net.Socket>()
+      const server = net.createServer((client) => {
+        const broker = net.connect(Number(upstream.port || 5672), upstream.hostname)
+        sockets.add(client).add(broker)
+        const end = () => {
+          client.destroy()
+          broker.destroy()
+          sockets.delete(client)
+          sockets.delete(broker)
+        }
+        for (const socket of [client, broker]) socket.on("error", end).on("close", end)
+        client.pipe(broker).pipe(client)
+      })
+      return { server, sockets }
+    }),
+    ({ server, sockets }) =>
+      Effect.async<void>((resume) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resume(Effect.void))
+        if (!server.listening) resume(Effect.void)
+      })
+  ).pipe(Effect.map(({ server, sockets }) => ({
+    /** Starts accepting on `port` (0: any free port); returns the port. */
+    listen: (port: number) =>
+      Effect.async<number>((resume) => {
+        server.listen(port, "127.0.0.1", () => resume(Effect.succeed((server.address() as net.AddressInfo).port)))
+      }),
+    /** Destroys every open socket, as a network failure would: no AMQP close, no TCP FIN from the broker. */
+    drop: Effect.sync(() => {
+      for (const socket of sockets) socket.destroy()
+    })
+  })))
+
+/** A port nobody listens on (it was free a moment ago). */
+export const freePort = Effect.async<number>((resume) => {
+  const server = net.createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as net.AddressInfo
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
