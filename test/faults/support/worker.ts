@@ -1,0 +1,81 @@
+/**
+ * The fault suite's worker process: PostgreSQL + RabbitMQ, `Executor.run` under `NodeRuntime.runMain`
+ * (SIGTERM/SIGINT = graceful shutdown, exit 0). Start it with `node --import tsx test/faults/support/worker.ts`.
+ *
+ * Environment:
+ * - `DATABASE_URL`, `AMQP_URL`, `PE_TABLE` (programs table), `PE_QUEUE` (queue name)
+ * - `PE_EXECUTIONS_TABLE`: every job run inserts a row (run_id, step, attempt, pid, job, started_at) when it starts
+ *   and sets its `finished_at` when it ends (the harness creates the table, see `World.ts`)
+ * - `PE_JOB_DURATION` (default "20 millis")
+ * - `PE_DUPLICATE_PUBLISH=1`: every wake-up this worker publishes is published twice (duplicate delivery)
+ * - the executor's `PE_*` settings (`PE_CONCURRENCY`, `PE_LEASE_DURATION`, `PE_SHUTDOWN_GRACE`, …)
+ *
+ * Jobs `job_1` … `job_5`.
+ */
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
+import { Executor, ExecutorConfig, Job, JobContext, JobLibrary, RetryableError } from "@program-executor/core"
+import { SqlDatabase, SqlProgramRepository } from "@program-executor/sql"
+import { Config, Effect, Layer, Redacted } from "effect"
+import pg from "pg"
+import { duplicatingQueue, jobNames } from "./hooks.js"
+
+class Recorder extends Effect.Tag("test/faults/Recorder")<Recorder, pg.Pool>() {}
+
+const settings = Config.all({
+  databaseUrl: Config.redacted("DATABASE_URL"),
+  tableName: Config.string("PE_TABLE"),
+  queueName: Config.string("PE_QUEUE"),
+  executionsTable: Config.string("PE_EXECUTIONS_TABLE"),
+  jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("20 millis")),
+  duplicatePublish: Config.boolean("PE_DUPLICATE_PUBLISH").pipe(Config.withDefault(false))
+})
+
+const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
+  const { databaseUrl, duplicatePublish, executionsTable, jobDuration, queueName, tableName } = yield* settings
+  if (!/^[a-z_][a-z0-9_]*$/i.test(executionsTable)) return yield* Effect.dieMessage("bad PE_EXECUTIONS_TABLE")
+
+  // Recording uses its own small pool, independent of the repository's.
+  const recorder = Layer.scoped(
+    Recorder,
+    Effect.acquireRelease(
+      Effect.sync(() => new pg.Pool({ connectionString: Redacted.value(databaseUrl), max: 4 })),
+      (pool) => Effect.promise(() => pool.end())
+    )
+  )
+  const query = (text: string, values: Array<unknown>) =>
+    Effect.flatMap(Recorder, (pool) =>
+      Effect.tryPromise({
+        try: () => pool.query(text, values),
+        catch: (error) => new RetryableError({ message: `recording failed: ${String(error)}` })
+      }))
+
+  const recordingJob = (name: string) =>
+    Job.make(name, Effect.gen(function*() {
+      const ctx = yield* JobContext
+      const started = yield* query(
+        `INSERT INTO ${executionsTable} (run_id, step, attempt, pid, job, started_at)
+         VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id`,
+        [ctx.runId, ctx.step, ctx.attempt, process.pid, name]
+      )
+      yield* Effect.sleep(jobDuration)
+      yield* query(`UPDATE ${executionsTable} SET finished_at = clock_timestamp() WHERE id = $1`, [started.rows[0].id])
+    }))
+
+  const amqpQueue = AmqpProgramQueue.layer({ queueName })
+  return Layer.mergeAll(
+    SqlProgramRepository.layer({ tableName }),
+    duplicatePublish ? duplicatingQueue.pipe(Layer.provide(amqpQueue)) : amqpQueue,
+    JobLibrary.layer(...jobNames.map(recordingJob)),
+    ExecutorConfig.layerFromEnv()
+  ).pipe(
+    Layer.provideMerge(recorder),
+    Layer.provide(SqlDatabase.layer(databaseUrl)),
+    Layer.provide(AmqpConnection.layerConfig({
+      url: Config.redacted("AMQP_URL"),
+      connectionName: Config.succeed(`fault worker ${process.pid}`)
+    }))
+  )
+}))
+
+Executor.run.pipe(Effect.provide(WorkerLive), NodeRuntime.runMain)

@@ -1,0 +1,197 @@
+/**
+ * A fault scenario's world on PostgreSQL + RabbitMQ: a programs table, a queue and an executions table of its own,
+ * a client that creates programs, and worker processes (`./worker.ts`) to start, kill and signal.
+ */
+import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
+import { ProgramExecutor } from "@program-executor/core"
+import { SqlDatabase, SqlProgramRepository } from "@program-executor/sql"
+import amqp from "amqplib"
+import { Effect, Layer, ManagedRuntime } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import pg from "pg"
+import { duplicatingQueue, jobNames } from "./hooks.js"
+
+const root = fileURLToPath(new URL("../../..", import.meta.url))
+
+export const sleep = (millis: number) => new Promise<void>((resolve) => setTimeout(resolve, millis))
+
+/** Polls until `check` holds, failing after `within` ms with `explain()`'s text. */
+export const eventually = async (
+  what: string,
+  check: () => Promise<boolean>,
+  within: number,
+  explain: () => string = () => ""
+) => {
+  const deadline = Date.now() + within
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${within} ms waiting until ${what}\n${explain()}`)
+    await sleep(100)
+  }
+}
+
+export interface Exit {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+  readonly at: number
+}
+
+export interface Worker {
+  readonly child: ChildProcess
+  readonly pid: number
+  readonly output: Array<string>
+  readonly exited: Promise<Exit>
+  readonly alive: () => boolean
+}
+
+/** Resident set size of a live process in MiB (Linux), undefined once it is gone. */
+export const rssMiB = (pid: number): number | undefined => {
+  try {
+    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+    return match === null ? undefined : Number(match[1]) / 1024
+  } catch {
+    return undefined
+  }
+}
+
+/** Worker settings shared by the scenarios: short leases and sweeps, so recovery is measured in seconds. */
+export const defaultWorkerEnv: Record<string, string> = {
+  PE_CONCURRENCY: "8",
+  PE_JOB_DURATION: "20 millis",
+  PE_LEASE_DURATION: "3 seconds",
+  PE_HEARTBEAT_INTERVAL: "500 millis",
+  PE_SWEEP_INTERVAL: "1 second",
+  PE_STALE_AFTER: "5 seconds",
+  PE_SHUTDOWN_GRACE: "5 seconds",
+  PE_MAX_ATTEMPTS: "unlimited"
+}
+
+export interface WorldOptions {
+  readonly databaseUrl: string
+  readonly amqpUrl: string
+  /** Prefix of the table and queue names. */
+  readonly prefix: string
+  /** The client publishes every first wake-up twice. */
+  readonly duplicatePublish?: boolean
+}
+
+export type World = Awaited<ReturnType<typeof makeWorld>>
+
+export const makeWorld = async (options: WorldOptions) => {
+  const name = `${options.prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`
+  const executionsTable = `${name}_exec`
+  const db = new pg.Pool({ connectionString: options.databaseUrl, max: 3 })
+  await db.query(`CREATE TABLE ${executionsTable} (
+    id serial PRIMARY KEY, run_id text NOT NULL, step int NOT NULL, attempt int NOT NULL, pid int NOT NULL,
+    job text NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz)`)
+  const queue = AmqpProgramQueue.layer({ queueName: name })
+  const client = ManagedRuntime.make(
+    ProgramExecutor.layer.pipe(
+      Layer.provideMerge(Layer.mergeAll(
+        SqlProgramRepository.layer({ tableName: name }),
+        options.duplicatePublish === true ? duplicatingQueue.pipe(Layer.provide(queue)) : queue
+      )),
+      Layer.provide(SqlDatabase.layer(options.databaseUrl)),
+      Layer.provide(AmqpConnection.layer({ url: options.amqpUrl, connectionName: `fault client ${name}` }))
+    )
+  )
+  // The table exists once the client's layer is built.
+  await client.runPromise(Effect.void)
+  const workers: Array<Worker> = []
+
+  const start = (env: Record<string, string> = {}): Worker => {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/faults/support/worker.ts"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        DATABASE_URL: options.databaseUrl,
+        AMQP_URL: options.amqpUrl,
+        PE_TABLE: name,
+        PE_QUEUE: name,
+        PE_EXECUTIONS_TABLE: executionsTable,
+        ...defaultWorkerEnv,
+        ...env
+      },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    const output: Array<string> = []
+    let size = 0
+    const keep = (chunk: unknown) => {
+      // Keep the tail only: a long soak must not hold every log line in memory.
+      output.push(String(chunk))
+      size += String(chunk).length
+      while (size > 64_000 && output.length > 1) size -= output.shift()!.length
+    }
+    child.stdout!.on("data", keep)
+    child.stderr!.on("data", keep)
+    const exited = new Promise<Exit>((resolve) =>
+      child.once("exit", (code, signal) => resolve({ code, signal, at: Date.now() }))
+    )
+    const worker: Worker = {
+      child,
+      pid: child.pid!,
+      output,
+      exited,
+      alive: () => child.exitCode === null && child.signalCode === null
+    }
+    workers.push(worker)
+    return worker
+  }
+
+  const count = async (where: string) =>
+    Number((await db.query(`SELECT count(*)::int AS n FROM ${name} WHERE ${where}`)).rows[0].n)
+
+  return {
+    name,
+    executionsTable,
+    db,
+    workers,
+    start,
+    /** Creates `count` programs (five jobs each unless `jobs` is given), eight at a time; returns their run ids. */
+    create: (count: number, jobs: ReadonlyArray<string> = jobNames) =>
+      client.runPromise(Effect.forEach(
+        Array.from({ length: count }),
+        () => ProgramExecutor.createProgram({ jobs: [...jobs] }),
+        { concurrency: 8 }
+      )),
+    /** Steps completed so far, over all programs (a finished program counts all its jobs). */
+    stepsDone: async () =>
+      Number(
+        (await db.query(
+          `SELECT coalesce(sum(CASE WHEN finished_at IS NOT NULL THEN jsonb_array_length(jobs) ELSE step END), 0)::int AS n
+           FROM ${name} WHERE jsonb_typeof(jobs) = 'array'`
+        )).rows[0].n
+      ),
+    inProgress: () => count("finished_at IS NULL AND errored_at IS NULL"),
+    /** Unfinished, or still holding a lease: nothing may be left like this at the end of a scenario. */
+    unsettled: () => count("(finished_at IS NULL AND errored_at IS NULL) OR locked_by IS NOT NULL OR locked_until IS NOT NULL"),
+    logs: (tail = 3000) =>
+      workers.map((worker) => `--- worker ${worker.pid}\n${worker.output.join("").slice(-tail)}`).join("\n"),
+    /** Sends raw bytes to the queue, as a foreign publisher would. */
+    publishRaw: async (bodies: ReadonlyArray<Buffer>) => {
+      const connection = await amqp.connect(options.amqpUrl)
+      try {
+        const channel = await connection.createConfirmChannel()
+        await channel.assertQueue(name, { durable: true })
+        for (const body of bodies) channel.sendToQueue(name, body, { persistent: true })
+        await channel.waitForConfirms()
+        await channel.close()
+      } finally {
+        await connection.close()
+      }
+    },
+    dispose: async () => {
+      for (const worker of workers) if (worker.alive()) worker.child.kill("SIGKILL")
+      await Promise.all(workers.map((worker) => worker.exited))
+      await client.dispose()
+      await db.query(`DROP TABLE IF EXISTS ${executionsTable}`)
+      await db.query(`DROP TABLE IF EXISTS ${name}`)
+      await db.end()
+      const connection = await amqp.connect(options.amqpUrl)
+      const channel = await connection.createChannel()
+      await channel.deleteQueue(name)
+      await connection.close()
+    }
+  }
+}
