@@ -36,6 +36,12 @@ const claimRetry = Schedule.exponential("100 millis", 2).pipe(
 
 const notifySpacing = Duration.millis(20)
 
+/** A row claimed ahead of its delivery, and when (local clock: only its age matters). */
+interface Buffered {
+  readonly row: ProgramRecord
+  readonly claimedAt: number
+}
+
 const keyOf = (lease: { readonly runId: string; readonly step: number }) => `${lease.runId}\u0000${lease.step}`
 
 export const make = (
@@ -104,9 +110,10 @@ export const make = (
           const settled = yield* Queue.sliding<void>(1)
           const mutex = yield* Effect.makeSemaphore(1)
           // Claimed but not yet taken, and taken but not yet acknowledged. Both hold leases.
-          const buffer: Array<ProgramRecord> = []
+          const buffer: Array<Buffered> = []
           const outstanding = new Map<string, Lease>()
           let stopped = false
+          const maxBufferedMillis = Math.min(1_000, Duration.toMillis(leaseFor) / 4)
 
           const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, owner })
           const giveBack = (leases: ReadonlyArray<Lease>) =>
@@ -116,16 +123,21 @@ export const make = (
               Effect.catchAll((error) => Effect.logWarning(`${error.message}; their leases will expire`)),
               Effect.asVoid
             )
-          const drainBuffer = Effect.suspend(() => giveBack(buffer.splice(0).map(leaseOf)))
+          const drainBuffer = Effect.suspend(() => giveBack(buffer.splice(0).map((entry) => leaseOf(entry.row))))
 
           yield* Effect.addFinalizer(() =>
             Effect.suspend(() => {
               stopped = true
-              const leases = [...buffer.splice(0).map(leaseOf), ...outstanding.values()]
+              const leases = [...buffer.splice(0).map((entry) => leaseOf(entry.row)), ...outstanding.values()]
               outstanding.clear()
               return giveBack(leases)
             })
           )
+
+          // Rows claimed ahead wait while every slot is busy (slow jobs): give them back to other workers.
+          yield* Effect.suspend(() =>
+            buffer.length > 0 && Date.now() - buffer[0]!.claimedAt > maxBufferedMillis ? drainBuffer : Effect.void
+          ).pipe(Effect.repeat(Schedule.spaced(Duration.millis(maxBufferedMillis))), Effect.forkScoped)
 
           const settle = (lease: Lease, release: boolean) =>
             Effect.suspend(() => {
@@ -150,7 +162,8 @@ export const make = (
               table.claimNext(owner, leaseFor, limit).pipe(
                 Effect.tap((rows) =>
                   Effect.sync(() => {
-                    buffer.push(...rows)
+                    const claimedAt = Date.now()
+                    for (const row of rows) buffer.push({ row, claimedAt })
                   })
                 )
               )
@@ -169,11 +182,20 @@ export const make = (
 
           const next: Effect.Effect<ReturnType<typeof deliver>> = Effect.suspend(() => {
             if (stopped) return Effect.never
-            const row = buffer.shift()
-            if (row !== undefined) return Effect.succeed(deliver(row))
             const free = prefetch - outstanding.size
             if (free <= 0) return Effect.zipRight(Queue.take(settled), next)
-            return Effect.flatMap(claimSome(free), (rows) => rows.length > 0 ? next : Effect.zipRight(waitForWork, next))
+            const entry = buffer.shift()
+            if (entry !== undefined) {
+              // Held too long while slow steps ran: give it back (with the rest) rather than run it on an old lease.
+              if (Date.now() - entry.claimedAt <= maxBufferedMillis) return Effect.succeed(deliver(entry.row))
+              buffer.unshift(entry)
+              return Effect.zipRight(drainBuffer, next)
+            }
+            // Claims a batch: what may be delivered now, plus as many again to deliver next without a round trip.
+            return Effect.flatMap(
+              claimSome(free + prefetch - 1),
+              (rows) => rows.length > 0 ? next : Effect.zipRight(waitForWork, next)
+            )
           })
 
           return {

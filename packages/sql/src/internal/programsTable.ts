@@ -40,6 +40,12 @@ export type Dialect = "pg" | "mysql" | "sqlite"
 export const toRepositoryError = (what: string) => (error: SqlError) =>
   new RepositoryError({ message: `${what} failed: ${error.message}${causeMessage(error.cause)}`, cause: error })
 
+/** InnoDB picks a victim when writers deadlock (gap locks of a claim against an insert): that statement is retried. */
+const isTransientLock = (error: SqlError) => {
+  const errno = (error.cause as { errno?: unknown } | undefined)?.errno
+  return errno === 1213 || errno === 1205
+}
+
 const causeMessage = (cause: unknown) =>
   cause instanceof Error && cause.message !== "" ? ` (${cause.message})` : ""
 
@@ -176,7 +182,8 @@ export const dialectOf = (sql: SqlClient.SqlClient): Effect.Effect<Dialect, Repo
   })
 
 /** The statements of one table. Builds nothing per call but the statement itself: no table checks, no re-reads. */
-export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
+export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
+  const sql = client
   const table = sql(tableName)
   const lit = sql.literal
   const jsonColumns: JsonColumns = dialect === "pg" ? "parsed" : dialect === "mysql" ? "either" : "text"
@@ -410,25 +417,36 @@ export const makeStatements = (sql: SqlClient.SqlClient, dialect: Dialect, table
     )
   }
 
-  const migrate = makeMigration(sql, dialect, tableName)
+  const migrate = makeMigration(client, dialect, tableName)
+
+  const retrying = <Args extends ReadonlyArray<any>, A>(
+    f: (...args: Args) => Effect.Effect<A, SqlError>
+  ): (...args: Args) => Effect.Effect<A, SqlError> =>
+    dialect === "mysql"
+      ? (...args) =>
+        Effect.retry(f(...args), {
+          while: isTransientLock,
+          schedule: Schedule.exponential("5 millis").pipe(Schedule.intersect(Schedule.recurs(8)))
+        })
+      : f
 
   return {
     dialect,
     tableName,
-    insert,
+    insert: retrying(insert),
     get: selectOne,
     list,
-    claim,
-    claimNext,
-    extendLease,
-    writeJobData,
-    advance,
-    scheduleRetry,
-    fail,
-    release,
-    releaseAll,
-    cancel,
-    resume,
+    claim: retrying(claim),
+    claimNext: retrying(claimNext),
+    extendLease: retrying(extendLease),
+    writeJobData: retrying(writeJobData),
+    advance: retrying(advance),
+    scheduleRetry: retrying(scheduleRetry),
+    fail: retrying(fail),
+    release: retrying(release),
+    releaseAll: retrying(releaseAll),
+    cancel: retrying(cancel),
+    resume: retrying(resume),
     findStale,
     migrate
   }
