@@ -181,6 +181,16 @@ export const makeWorld = async (options: WorldOptions) => {
         await connection.close()
       }
     },
+    /** Messages ready in the main queue (not counting those delivered and not yet acknowledged). */
+    queueDepth: async () => {
+      const connection = await amqp.connect(options.amqpUrl)
+      try {
+        const channel = await connection.createChannel()
+        return (await channel.checkQueue(name)).messageCount
+      } finally {
+        await connection.close()
+      }
+    },
     dispose: async () => {
       for (const worker of workers) if (worker.alive()) worker.child.kill("SIGKILL")
       await Promise.all(workers.map((worker) => worker.exited))
