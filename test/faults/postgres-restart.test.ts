@@ -1,9 +1,7 @@
 /**
- * PostgreSQL stops under a running worker, and a worker starts while PostgreSQL is down. It stops the server named
- * by `PE_FAULT_PG_CLUSTER` (default `main`, the shared one at DATABASE_URL), so it runs only in the sequential faults
- * run (`PE_FAULTS=1`), never beside the normal suite. PostgreSQL is always started again.
- *
- *   PE_FAULTS=1 DATABASE_URL=postgres://postgres@127.0.0.1:5432/test npx vitest run test/faults
+ * PostgreSQL stops under a running worker, and a worker starts while PostgreSQL is down. It stops the cluster named
+ * by `PE_FAULT_PG_CLUSTER` (default `main`, the shared one at DATABASE_URL), so it belongs to the sequential fault
+ * suite (`pnpm test:faults`), never beside the normal suite. PostgreSQL is always started again.
  */
 import { describe, expect, it } from "@effect/vitest"
 import {
@@ -22,7 +20,6 @@ import { execSync } from "node:child_process"
 import { readdirSync } from "node:fs"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
 
-const enabled = process.env.PE_FAULTS === "1"
 const cluster = process.env.PE_FAULT_PG_CLUSTER ?? "main"
 
 const pgctl = (action: "start" | "stop", stdio: "inherit" | "ignore" = "inherit") => {
@@ -84,11 +81,10 @@ const countAdvances = Effect.gen(function*() {
   return counts
 })
 
-const url = enabled ? serviceUrl("DATABASE_URL") : undefined
+const url = serviceUrl("DATABASE_URL")
 const quiet = Logger.minimumLogLevel(LogLevel.Error)
 
-const suite = enabled && url !== undefined ? describe : describe.skip
-if (!enabled) console.warn("\n!!! test/faults skipped: set PE_FAULTS=1 (it stops PostgreSQL) to run them\n")
+const suite = url !== undefined ? describe : describe.skip
 
 suite("PostgreSQL restart", () => {
   const services = (tableName: string) =>
