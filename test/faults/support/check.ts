@@ -14,6 +14,8 @@ export interface ExpectedError {
   readonly message: string | RegExp
   /** The step where it errored; any step when omitted. */
   readonly step?: number
+  /** Steps that ran before it (each once): all those before the error step unless given (a step set by hand). */
+  readonly stepsRun?: number
 }
 
 export interface Death {
@@ -136,8 +138,8 @@ export const check = async (options: CheckOptions): Promise<Report> => {
     } else {
       if (row.locked_by !== null || row.locked_until !== null) stuck++
       errored++
-      steps += row.step
-      ranUpTo = row.step
+      ranUpTo = expected?.stepsRun ?? row.step
+      steps += ranUpTo
       if (expected === undefined) violate(runId, `errored at step ${row.step}: ${row.error_message}`)
       else {
         if (!matches(row.error_message, expected.message)) {
