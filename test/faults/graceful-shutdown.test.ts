@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, printTable } from "./support/check.js"
+import { check, type Death, printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
 import { eventually, makeWorld, type World } from "./support/world.js"
 
@@ -79,6 +79,69 @@ describeWithServices("graceful shutdown", () => {
     expect(report.finished).toBe(programs)
     expect(report.duplicates).toBe(0)
     expect(report.executions).toBe(total)
+
+    for (const worker of second) worker.child.kill("SIGTERM")
+    for (const worker of second) expect((await worker.exited).code, current.logs()).toBe(0)
+  })
+
+  it("a grace shorter than the jobs: running jobs are interrupted, their steps given back and run once more", async () => {
+    world = await makeWorld({ databaseUrl: databaseUrl!, amqpUrl: amqpUrl!, prefix: "termint" })
+    const current = world
+    const graceMillis = 300
+    const env = { PE_CONCURRENCY: "4", PE_JOB_DURATION: "1500 millis", PE_SHUTDOWN_GRACE: `${graceMillis} millis` }
+    const count = 12
+    const runIds = await current.create(count)
+    const began = Date.now()
+    const first = [current.start(env), current.start(env), current.start(env)]
+    const running = async () =>
+      Number((await current.db.query(
+        `SELECT count(*)::int AS n FROM ${current.executionsTable} WHERE finished_at IS NULL`
+      )).rows[0].n)
+    await eventually("every worker is running jobs", async () => {
+      const { rows } = await current.db.query<{ n: number }>(
+        `SELECT count(DISTINCT pid)::int AS n FROM ${current.executionsTable} WHERE finished_at IS NULL`
+      )
+      return rows[0]!.n === first.length
+    }, 120_000, current.logs)
+    const signalledAt = Date.now()
+    for (const worker of first) worker.child.kill("SIGTERM")
+    const exits = await Promise.all(first.map((worker) => worker.exited))
+    const exitMillis = exits.map((exit) => exit.at - signalledAt)
+    const interrupted = await running()
+    // Each interrupted step released its lease on the way out: nothing waits for a lease to expire.
+    const leased = Number((await current.db.query(
+      `SELECT count(*)::int AS n FROM ${current.name} WHERE locked_by IS NOT NULL`
+    )).rows[0].n)
+
+    const restartedAt = Date.now()
+    const second = [current.start(env), current.start(env), current.start(env)]
+    await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 180_000, current.logs)
+    const wallMillis = Date.now() - began
+    // The interrupted jobs may each run once more: they count as having died mid-job.
+    const deaths: Array<Death> = first.map((worker) => ({ pid: worker.pid, at: restartedAt }))
+    const report = await check({
+      db: current.db,
+      table: current.name,
+      executionsTable: current.executionsTable,
+      runIds,
+      deaths
+    })
+    printTable([{
+      scenario: "SIGTERM, grace < job: interrupted",
+      report,
+      wallMillis,
+      extra: `${interrupted} interrupted, exits after ${exitMillis.join("/")} ms (grace ${graceMillis})`
+    }])
+
+    for (const exit of exits) expect(exit.code, current.logs()).toBe(0)
+    // The grace, then interrupting, releasing and closing the connections.
+    for (const millis of exitMillis) expect(millis).toBeLessThan(graceMillis + 5_000)
+    expect(interrupted).toBeGreaterThan(0)
+    expect(leased).toBe(0)
+    expect(report.violations).toEqual([])
+    expect(report.finished).toBe(count)
+    expect(report.duplicates).toBe(report.duplicatesAfterDeath)
+    expect(report.duplicates).toBeLessThanOrEqual(interrupted)
 
     for (const worker of second) worker.child.kill("SIGTERM")
     for (const worker of second) expect((await worker.exited).code, current.logs()).toBe(0)
