@@ -1,0 +1,181 @@
+/**
+ * A bench process, forked by `bench/run.ts` and driven over IPC. One of three roles (`BENCH_ROLE`):
+ * - `worker`: runs `Executor.run` with five no-op jobs;
+ * - `creator`: only creates programs when told to (an application process beside the workers);
+ * - `both`: a worker that also creates (the embedded mode: one process).
+ * `BENCH_LONE=N` instead runs N programs one at a time (worker and creator in one process) and reports per-step
+ * intervals measured from inside the jobs.
+ *
+ * Backends (`BENCH_BACKEND`): `embedded` (SQLite file `BENCH_SQLITE_FILE`, SQL queue), `pg-sql` (PostgreSQL, SQL
+ * queue), `pg-amqp` (PostgreSQL + RabbitMQ queue `BENCH_QUEUE`). Table: `BENCH_TABLE`.
+ *
+ * Messages to the parent: `{ t: "ready" }`, `{ t: "created", count, millis }`, `{ t: "lone", ... }`,
+ * `{ t: "stats", maxRssKb, cpuMillis }` (answer to `{ t: "stop" }`, sent just before exiting).
+ */
+import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
+import {
+  Executor,
+  ExecutorConfig,
+  Job,
+  JobLibrary,
+  ProgramEvents,
+  ProgramExecutor,
+  type ProgramQueue,
+  type ProgramRepository
+} from "@program-executor/core"
+import { SqlDatabase, SqlProgramExecutor, SqlProgramRepository } from "@program-executor/sql"
+import { Deferred, Duration, Effect, Fiber, Layer, Logger, LogLevel, Stream } from "effect"
+
+type Backend = "embedded" | "pg-sql" | "pg-amqp"
+type Role = "worker" | "creator" | "both"
+
+const env = (name: string, fallback?: string): string => {
+  const value = process.env[name] ?? fallback
+  if (value === undefined) throw new Error(`bench worker: ${name} is not set`)
+  return value
+}
+
+const backend = env("BENCH_BACKEND") as Backend
+const role = env("BENCH_ROLE", "worker") as Role
+const tableName = env("BENCH_TABLE")
+const concurrency = Number(env("BENCH_CONCURRENCY", "16"))
+const jobCount = Number(env("BENCH_JOBS", "5"))
+const lone = Number(env("BENCH_LONE", "0"))
+const jobNames = Array.from({ length: jobCount }, (_, i) => `noop_${i}`)
+
+const send = (message: unknown) =>
+  Effect.async<void>((resume) => {
+    process.send!(message, undefined, {}, () => resume(Effect.void))
+  })
+
+/** CPU time (user + system) from ready to stop. */
+let cpuMillis = 0
+
+// Lone mode: when each job started (ms, monotonic), per program.
+const jobStarts: Array<number> = []
+const noop = (name: string) =>
+  lone > 0 ? Job.make(name, Effect.sync(() => jobStarts.push(performance.now()))) : Job.make(name, Effect.void)
+
+const storage = (): Layer.Layer<ProgramRepository | ProgramQueue | ProgramExecutor, unknown> => {
+  switch (backend) {
+    case "embedded":
+      return SqlProgramExecutor.layerEmbedded({ filename: env("BENCH_SQLITE_FILE"), tableName })
+    case "pg-sql":
+      return SqlProgramExecutor.layer({ url: env("DATABASE_URL"), tableName })
+    case "pg-amqp":
+      return ProgramExecutor.layer.pipe(
+        Layer.provideMerge(
+          Layer.mergeAll(
+            SqlProgramRepository.layer({ tableName }),
+            AmqpProgramQueue.layer({ queueName: env("BENCH_QUEUE") })
+          )
+        ),
+        Layer.provide(SqlDatabase.layer(env("DATABASE_URL"))),
+        Layer.provide(AmqpConnection.layer({ url: env("AMQP_URL"), connectionName: `bench ${role} ${process.pid}` }))
+      )
+  }
+}
+
+const config = ExecutorConfig.layer({
+  concurrency,
+  workerId: `bench-${process.pid}`,
+  // Nothing is lost in a bench: keep the sweeper out of the measurement.
+  sweepInterval: Duration.minutes(10),
+  shutdownGrace: Duration.seconds(5)
+})
+
+const stopRequested = Effect.async<void>((resume) => {
+  const onMessage = (message: { t?: string }) => {
+    if (message?.t === "stop") resume(Effect.void)
+  }
+  process.on("message", onMessage)
+  return Effect.sync(() => process.off("message", onMessage))
+})
+
+const createPrograms = (count: number, creationConcurrency: number) =>
+  Effect.gen(function*() {
+    const executor = yield* ProgramExecutor
+    const started = performance.now()
+    yield* Effect.forEach(
+      Array.from({ length: count }),
+      () => Effect.orDie(executor.createProgram({ jobs: jobNames })),
+      { concurrency: creationConcurrency, discard: true }
+    )
+    yield* send({ t: "created", count, millis: performance.now() - started })
+  })
+
+/** Serves `create` requests from the parent until it asks to stop. */
+const serveCreates = Effect.gen(function*() {
+  const requests = Stream.async<{ count: number; concurrency: number }>((emit) => {
+    const onMessage = (message: { t?: string; count?: number; concurrency?: number }) => {
+      if (message?.t === "create") void emit.single({ count: message.count!, concurrency: message.concurrency! })
+    }
+    process.on("message", onMessage)
+    return Effect.sync(() => process.off("message", onMessage))
+  })
+  return yield* Stream.runForEach(requests, (request) => createPrograms(request.count, request.concurrency))
+})
+
+/** One program at a time: create, wait for its `ProgramFinished`, next. */
+const runLone = Effect.gen(function*() {
+  const executor = yield* ProgramExecutor
+  const events = yield* ProgramEvents.subscribe
+  let waiting: Deferred.Deferred<void> | undefined
+  let waitingFor = ""
+  yield* events.pipe(
+    Stream.runForEach((event) =>
+      event._tag === "ProgramFinished" && event.runId === waitingFor && waiting !== undefined
+        ? Deferred.succeed(waiting, undefined)
+        : Effect.void
+    ),
+    Effect.forkScoped
+  )
+  const programs: Array<{ readonly starts: Array<number>; readonly totalMillis: number }> = []
+  for (let i = 0; i < lone; i++) {
+    waiting = yield* Deferred.make<void>()
+    jobStarts.length = 0
+    const started = performance.now()
+    // The runId is known only once created; the event cannot arrive before the first step has run.
+    waitingFor = yield* Effect.orDie(executor.createProgram({ jobs: jobNames }))
+    yield* Deferred.await(waiting)
+    programs.push({ starts: jobStarts.map((t) => t - started), totalMillis: performance.now() - started })
+  }
+  yield* send({ t: "lone", programs })
+})
+
+const main = Effect.gen(function*() {
+  if (lone > 0) {
+    const worker = yield* Effect.forkScoped(Executor.run)
+    yield* Effect.sleep("200 millis")
+    yield* runLone
+    yield* Fiber.interrupt(worker)
+  } else {
+    if (role !== "creator") yield* Effect.forkScoped(Executor.run)
+    if (role !== "worker") yield* Effect.forkScoped(serveCreates)
+    // Executor.run subscribes before it takes anything; give it a moment so the clock starts on a ready worker.
+    yield* Effect.sleep("300 millis")
+    const cpu = process.cpuUsage()
+    yield* send({ t: "ready" })
+    yield* stopRequested
+    const used = process.cpuUsage(cpu)
+    cpuMillis = (used.user + used.system) / 1000
+  }
+}).pipe(
+  Effect.scoped,
+  Effect.provide(Layer.mergeAll(JobLibrary.layer(...jobNames.map(noop)), config)),
+  Effect.provide(lone > 0 ? Layer.merge(storage(), ProgramEvents.layer()) : storage()),
+  Logger.withMinimumLogLevel(LogLevel.Warning)
+)
+
+Effect.runPromise(main as Effect.Effect<void, unknown>).then(
+  async () => {
+    await new Promise<void>((resolve) =>
+      process.send!({ t: "stats", maxRssKb: process.resourceUsage().maxRSS, cpuMillis }, undefined, {}, () => resolve())
+    )
+    process.exit(0)
+  },
+  (error) => {
+    console.error("bench worker failed:", error)
+    process.exit(1)
+  }
+)
