@@ -15,6 +15,8 @@
  *   --only parts            comma list of limits,throughput,lone,growth (BENCH_ONLY, default all)
  *   --out FILE              JSON result (default bench/results/latest.json; a .md table and .svg plot beside it)
  *
+ * BENCH_CPU_PROF=DIR writes a V8 CPU profile of every bench process into DIR (open it in Chrome DevTools).
+ *
  * DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test) and AMQP_URL (default amqp://guest:guest@127.0.0.1:5672).
  */
 import amqp from "amqplib"
@@ -99,12 +101,28 @@ interface Child {
   readonly stop: () => Promise<{ readonly rssBytes: number; readonly cpuMillis: number }>
 }
 
+/** Every child still running, killed if the bench itself is interrupted. */
+const live = new Set<ChildProcess>()
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    for (const child of live) child.kill("SIGKILL")
+    rmSync(scratch, { recursive: true, force: true })
+    process.exit(130)
+  })
+}
+
 const spawnChild = (env: Record<string, string>): Child => {
   const child = fork(join(here, "worker.ts"), [], {
-    execArgv: ["--import", "tsx"],
+    execArgv: [
+      "--import",
+      "tsx",
+      // BENCH_CPU_PROF=DIR: a V8 CPU profile of every bench process, written to DIR when it exits.
+      ...(process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${resolve(process.env.BENCH_CPU_PROF)}`] : [])
+    ],
     env: { ...process.env, ...env },
     stdio: ["ignore", "inherit", "inherit", "ipc"]
   })
+  live.add(child)
   const inbox: Array<{ t: string }> = []
   const waiters: Array<{ type: string; resolve: (message: any) => void }> = []
   let exited: string | undefined
@@ -117,6 +135,7 @@ const spawnChild = (env: Record<string, string>): Child => {
     else inbox.push(message)
   })
   child.on("exit", (code, signal) => {
+    live.delete(child)
     exited = `exited (${signal ?? code})`
     failWaiters()
   })
