@@ -5,7 +5,8 @@
  * through a poll, which also makes the executor's sweeper redundant.
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
-import type * as SqlClient from "@effect/sql/SqlClient"
+import Pg from "pg"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { type ProgramRecord, ProgramQueue, type RepositoryError } from "@program-executor/core"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -14,6 +15,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
+import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -36,6 +38,43 @@ const claimRetry = Schedule.exponential("100 millis", 2).pipe(
 
 const notifySpacing = Duration.millis(20)
 
+/** Notifications on `channel` through a dedicated connection; fails when the connection errors or ends. */
+const listen = (config: PgClient.PgClientConfig, channel: string): Stream.Stream<void, Error> =>
+  Stream.asyncScoped<void, Error>((emit) =>
+    Effect.gen(function*() {
+      const client = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: async () => {
+            const client = new Pg.Client({
+              ...(config.url === undefined ? {} : { connectionString: Redacted.value(config.url) }),
+              ...(config.host === undefined ? {} : { host: config.host }),
+              ...(config.port === undefined ? {} : { port: config.port }),
+              ...(config.database === undefined ? {} : { database: config.database }),
+              ...(config.username === undefined ? {} : { user: config.username }),
+              ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
+              ...(config.ssl === undefined ? {} : { ssl: config.ssl })
+            })
+            // Until the listeners below are attached, a connection error must not crash the process.
+            client.on("error", () => {})
+            await client.connect()
+            return client
+          },
+          catch: (cause) => cause instanceof Error ? cause : new Error(String(cause))
+        }),
+        (client) => Effect.promise(() => client.end().catch(() => undefined)).pipe(Effect.timeoutOption("1 second"))
+      )
+      client.on("notification", (message) => {
+        if (message.channel === channel) emit.single(undefined)
+      })
+      client.on("error", (error) => emit.fail(error))
+      client.on("end", () => emit.end())
+      yield* Effect.tryPromise({
+        try: () => client.query(`LISTEN ${Pg.escapeIdentifier(channel)}`),
+        catch: (cause) => cause instanceof Error ? cause : new Error(String(cause))
+      })
+    })
+  )
+
 /** A row claimed ahead of its delivery, and when (local clock: only its age matters). */
 interface Buffered {
   readonly row: ProgramRecord
@@ -49,6 +88,7 @@ export const make = (
 ): Effect.Effect<ProgramQueue["Type"], InvalidTableNameError | RepositoryError, SqlClient.SqlClient | Scope.Scope> =>
   Effect.gen(function*() {
     const table = yield* makeTable(options)
+    const sql = yield* SqlClient.SqlClient
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
     // Wake-ups for idle consumers of this process. Sliding with room for one: a wake-up that arrives while a
     // consumer is busy claiming is kept, so it looks again instead of sleeping through it.
@@ -69,16 +109,20 @@ export const make = (
     const notifySignal = yield* Queue.sliding<void>(1)
     if (Option.isSome(pg)) {
       const client = pg.value
-      yield* client.listen(channel).pipe(
+      // Our own LISTEN connection, not the client's shared one: when the server restarts, that one ends silently,
+      // while this stream fails and is opened again.
+      yield* listen(client.config, channel).pipe(
         Stream.runForEach(() => wakeLocal),
-        Effect.tapError((error) => Effect.logWarning(`LISTEN ${channel} failed, retrying: ${error.message}`)),
+        Effect.zipRight(Effect.fail(new Error("the LISTEN connection ended"))),
+        Effect.tapError((error) => Effect.logWarning(`LISTEN ${channel} failed, reconnecting: ${error.message}`)),
         Effect.retry(claimRetry),
         Effect.forkScoped
       )
       yield* Queue.take(notifySignal).pipe(
         Effect.zipRight(Effect.suspend(() => {
           notifyPending = false
-          return client.notify(channel, "wake")
+          // pg_notify, not NOTIFY: NOTIFY takes no bind parameters.
+          return sql`SELECT pg_notify(${channel}, 'wake')`.withoutTransform
         })),
         Effect.catchAll((error) => Effect.logDebug(`NOTIFY failed; other workers will poll: ${error.message}`)),
         Effect.zipRight(Effect.sleep(notifySpacing)),

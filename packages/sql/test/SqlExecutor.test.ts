@@ -6,6 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import {
   Executor,
+  ProgramQueue,
   ExecutorConfig,
   Job,
   JobContext,
@@ -13,7 +14,7 @@ import {
   ProgramExecutor,
   ProgramRepository
 } from "@program-executor/core"
-import { Duration, Effect, Exit, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
 import { rmSync } from "node:fs"
 import { describeWithService } from "../../core/test/utils/services.js"
 import { SqlDatabase, SqlProgramExecutor, SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
@@ -227,6 +228,40 @@ describe("SQLite", () => {
     }).pipe(Effect.provide(quiet)), { timeout: 60_000 })
 })
 
-describeWithService("DATABASE_URL", "PostgreSQL", (url) => backendSuite("pg", url))
+describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
+  backendSuite("pg", url)
+
+  it.live("a publish in one process wakes an idle consumer in another at once (LISTEN/NOTIFY)", () =>
+    Effect.gen(function*() {
+      const tableName = uniqueTable("notify")
+      // Two "processes": separate clients and queues; the consumer's poll is far longer than the bound below.
+      const producer = yield* Layer.build(
+        Layer.merge(SqlProgramRepository.layer({ tableName }), SqlProgramQueue.layer({ tableName })).pipe(
+          Layer.provide(SqlDatabase.layer(url))
+        )
+      )
+      const consumer = yield* Layer.build(
+        SqlProgramQueue.layer({ tableName, pollInterval: "1 minute" }).pipe(Layer.provide(SqlDatabase.layer(url)))
+      )
+      const subscription = yield* Effect.flatMap(ProgramQueue, (queue) =>
+        queue.subscribe({ prefetch: 2, claim: { owner: "consumer", leaseFor: Duration.seconds(30) } })).pipe(
+          Effect.provide(consumer)
+        )
+      const taking = yield* Effect.fork(subscription.take)
+      // Let the consumer's first (empty) claim happen, so it is idle, waiting for a wake-up.
+      yield* Effect.sleep("500 millis")
+      const runId = crypto.randomUUID()
+      yield* Effect.gen(function*() {
+        const repository = yield* ProgramRepository
+        const queue = yield* ProgramQueue
+        yield* repository.insert({ runId, jobs: ["a"], programData: {}, jobData: {} })
+        yield* queue.publish({ runId, step: 0 })
+      }).pipe(Effect.provide(producer))
+      const delivery = yield* Fiber.join(taking).pipe(Effect.timeout("5 seconds"))
+      expect(delivery.message).toEqual({ runId, step: 0 })
+      expect(Option.getOrThrow(delivery.claimed).lockedBy).toBe("consumer")
+      yield* delivery.ack
+    }).pipe(Effect.scoped), { timeout: 30_000 })
+})
 describeWithService("MYSQL_URL", "MariaDB", (url) => backendSuite("mysql", url))
 
