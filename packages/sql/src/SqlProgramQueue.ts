@@ -157,7 +157,7 @@ export const make = (
           const buffer: Array<Buffered> = []
           const outstanding = new Map<string, Lease>()
           let stopped = false
-          const maxBufferedMillis = Math.min(1_000, Duration.toMillis(leaseFor) / 4)
+          const maxBufferedMillis = Math.min(2_000, Duration.toMillis(leaseFor) / 3)
 
           const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, owner })
           const giveBack = (leases: ReadonlyArray<Lease>) =>
