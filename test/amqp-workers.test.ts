@@ -100,6 +100,27 @@ const makeWorld = async (databaseUrl: string, amqpUrl: string) => {
         () => ProgramExecutor.createProgram({ jobs }),
         { concurrency: 8 }
       )),
+    /** Waits until `count` consumers are on the queue: every worker is up and consuming. */
+    consumers: async (count: number) => {
+      const connection = await amqp.connect(amqpUrl)
+      connection.on("error", () => {})
+      try {
+        await eventually(`${count} consumer(s) on the queue`, async () => {
+          const channel = await connection.createChannel()
+          // Until a worker declared the queue, checkQueue fails and the broker closes the channel.
+          channel.on("error", () => {})
+          try {
+            return (await channel.checkQueue(name)).consumerCount === count
+          } catch {
+            return false
+          } finally {
+            await channel.close().catch(() => {})
+          }
+        }, 60_000, () => world.logs())
+      } finally {
+        await connection.close()
+      }
+    },
     inProgress: async () =>
       Number((await db.query(`SELECT count(*) AS n FROM ${name} WHERE finished_at IS NULL AND errored_at IS NULL`)).rows[0].n),
     executions: async () =>
@@ -147,8 +168,9 @@ describeWithServices("workers on PostgreSQL + RabbitMQ", () => {
     it(`${count} worker process(es) run every program, each step once, in order`, async () => {
       world = await makeWorld(databaseUrl!, amqpUrl!)
       const current = world
-      const runIds = await current.create(count * 10)
       for (let index = 0; index < count; index++) current.start()
+      await current.consumers(count)
+      const runIds = await current.create(count * 10)
       await eventually("every program finished", async () => (await current.inProgress()) === 0, 90_000, current.logs)
       const executions = await current.executions()
       expectEachStepOnceInOrder(executions, runIds)
@@ -164,23 +186,26 @@ describeWithServices("workers on PostgreSQL + RabbitMQ", () => {
   it("SIGTERM: consumer cancelled first, running jobs finish within the grace, the rest go to other workers, exit 0", async () => {
     world = await makeWorld(databaseUrl!, amqpUrl!)
     const current = world
-    const graceMillis = 6_000
-    const env = { PE_CONCURRENCY: "3", PE_JOB_DURATION: "1500 millis", PE_SHUTDOWN_GRACE: `${graceMillis} millis` }
+    const graceMillis = 8_000
+    const env = { PE_CONCURRENCY: "3", PE_JOB_DURATION: "2500 millis", PE_SHUTDOWN_GRACE: `${graceMillis} millis` }
     const target = current.start(env)
     current.start(env)
     current.start(env)
+    await current.consumers(3)
     const runIds = await current.create(12)
     const running = async () =>
       (await current.executions()).filter((execution) => execution.pid === target.child.pid && execution.finished_at === null)
     await eventually("the target worker is running jobs", async () => (await running()).length > 0, 60_000, current.logs)
 
     const broker = await amqp.connect(amqpUrl!)
+    broker.on("error", () => {})
     const consumers = async () => {
       const channel = await broker.createChannel()
+      channel.on("error", () => {})
       try {
         return (await channel.checkQueue(current.name)).consumerCount
       } finally {
-        await channel.close()
+        await channel.close().catch(() => {})
       }
     }
     expect(await consumers()).toBe(3)
