@@ -56,7 +56,12 @@ const expectOneLineError = (result: Result, pattern: RegExp) => {
   expect(lines[0]).toMatch(pattern)
 }
 
-const suite = (name: string, setup: () => { readonly env: NodeJS.ProcessEnv; readonly cwd: string }) =>
+const suite = (
+  name: string,
+  setup: () => { readonly env: NodeJS.ProcessEnv; readonly cwd: string },
+  // Each command is a process start (seconds on a loaded machine): the backend-independent cases run on SQLite only.
+  options: { readonly full: boolean }
+) =>
   describe(name, () => {
     const { env, cwd } = setup()
     const cli = (args: ReadonlyArray<string>, input?: string) => finished(start(args, env, cwd), input)
@@ -132,7 +137,7 @@ const suite = (name: string, setup: () => { readonly env: NodeJS.ProcessEnv; rea
       expect(stopped.code, stopped.stderr).toBe(0)
     })
 
-    it("runs an old-style job library (a default object of classes)", { timeout: 180_000 }, async () => {
+    it.runIf(options.full)("runs an old-style job library (a default object of classes)", { timeout: 180_000 }, async () => {
       const created = await cli(["create", "first_job", "second_job", "third_job_not_there"])
       const runId = created.stdout.trim()
       const worker = start(["worker", "--jobs", join(fixtures, "seed-jobs.mjs"), "--skip-unknown-jobs"], env, cwd)
@@ -149,7 +154,7 @@ const suite = (name: string, setup: () => { readonly env: NodeJS.ProcessEnv; rea
       expect((await workerDone).code).toBe(0)
     })
 
-    it("answers bad input with one line on stderr and exit code 1", { timeout: 120_000 }, async () => {
+    it.runIf(options.full)("answers bad input with one line on stderr and exit code 1", { timeout: 120_000 }, async () => {
       const [badJson, unknownRunId, noJobs, badProgram, resumeRunning] = await Promise.all([
         cli(["create", "a", "--program-data", "{not json"]),
         cli(["show", "00000000-0000-0000-0000-000000000000"]),
@@ -180,7 +185,9 @@ describe("program-executor", () => {
   })
 })
 
-suite("on the embedded SQLite default", () => ({ env: {}, cwd: mkdtempSync(join(tmpdir(), "pe-cli-sqlite-")) }))
+suite("on the embedded SQLite default", () => ({ env: {}, cwd: mkdtempSync(join(tmpdir(), "pe-cli-sqlite-")) }), {
+  full: true
+})
 
 const databaseUrl = serviceUrl("DATABASE_URL")
 if (databaseUrl === undefined) describe.skip("on PostgreSQL (DATABASE_URL not set)", () => {})
@@ -188,5 +195,5 @@ else {
   suite("on PostgreSQL", () => ({
     env: { DATABASE_URL: databaseUrl, PE_TABLE_NAME: "cli_test_programs" },
     cwd: tmpdir()
-  }))
+  }), { full: false })
 }
