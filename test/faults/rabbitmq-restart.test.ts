@@ -77,7 +77,7 @@ describeFault("RabbitMQ restart under running workers", () => {
     const logs = () => workers.map((worker, index) => `--- worker ${index}\n${worker.output.join("").slice(-6000)}`).join("\n")
     try {
       const runIds = await client.runPromise(Effect.forEach(
-        Array.from({ length: 40 }),
+        Array.from({ length: 60 }),
         () => ProgramExecutor.createProgram({ jobs }),
         { concurrency: 8 }
       ))
@@ -92,7 +92,7 @@ describeFault("RabbitMQ restart under running workers", () => {
             PE_QUEUE: name,
             PE_EXECUTIONS_TABLE: executionsTable,
             PE_CONCURRENCY: "4",
-            PE_JOB_DURATION: "300 millis",
+            PE_JOB_DURATION: "400 millis",
             PE_SHUTDOWN_GRACE: "5 seconds",
             PE_SWEEP_INTERVAL: "1 second",
             PE_STALE_AFTER: "3 seconds"
