@@ -124,7 +124,11 @@ const stepsDone = (program: ProgramRecord) => (program.finishedAt !== null ? pro
 
 const progressLine = (batchPrograms: ReadonlyArray<ProgramRecord>) => {
   const total = batchPrograms.reduce((sum, program) => sum + program.jobs.length, 0)
-  const done = batchPrograms.reduce((sum, program) => sum + stepsDone(program), 0)
+  // An errored program's remaining jobs will never run: they count as settled.
+  const done = batchPrograms.reduce(
+    (sum, program) => sum + (program.erroredAt !== null ? program.jobs.length : stepsDone(program)),
+    0
+  )
   const count = (status: Program.ProgramStatus) => batchPrograms.filter((p) => Program.status(p) === status).length
   const width = 30
   const filled = total === 0 ? 0 : Math.round((done / total) * width)
@@ -251,7 +255,7 @@ const main = Effect.gen(function*() {
     const current = yield* batchOf(batch)
     for (const program of current) known.set(program.runId, program)
     const line = progressLine(current)
-    if (tty) yield* drawBar(line)
+    if (tty && (line !== last || !barShown)) yield* drawBar(line)
     else if (line !== last && !quick) yield* say(line)
     last = line
     if (current.every((program) => Program.status(program) !== "in_progress")) {
