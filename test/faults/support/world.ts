@@ -155,6 +155,19 @@ export const makeWorld = async (options: WorldOptions) => {
         () => ProgramExecutor.createProgram({ jobs: [...jobs] }),
         { concurrency: 8 }
       )),
+    /**
+     * Like `create`, but a failed creation does not fail the batch: the run ids created, and the errors of the rest
+     * (a long run shares the database with others and may meet "too many clients" or a restart).
+     */
+    createSettled: (count: number, jobs: ReadonlyArray<string> = jobNames) =>
+      client.runPromise(Effect.forEach(
+        Array.from({ length: count }),
+        () => Effect.either(ProgramExecutor.createProgram({ jobs: [...jobs] })),
+        { concurrency: 8 }
+      )).then((results) => ({
+        runIds: results.flatMap((result) => result._tag === "Right" ? [result.right] : []),
+        errors: results.flatMap((result) => result._tag === "Left" ? [result.left.message] : [])
+      })),
     /** Steps completed so far, over all programs (a finished program counts all its jobs). */
     stepsDone: async () =>
       Number(
