@@ -49,6 +49,12 @@ const awaitIdle = (within: Duration.DurationInput = "60 seconds") =>
 
 const quiet = Logger.minimumLogLevel(LogLevel.None)
 
+const dropTable = (backend: Backend, tableName: string, url?: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DROP TABLE IF EXISTS ${sql(tableName)}`).pipe(
+    Effect.provide(database(backend, tableName, url)),
+    Effect.ignore
+  )
+
 describe("SqlDatabase", () => {
   it.effect("rejects an unknown scheme without showing the password", () =>
     Effect.gen(function*() {
@@ -107,6 +113,7 @@ const backendSuite = (backend: Backend, url?: string) => {
         }).pipe(Effect.provide(database(backend, tableName, url)))
       yield* Effect.all(Array.from({ length: 6 }, () => start(false)), { concurrency: "unbounded" })
       expect(yield* start(true)).toHaveLength(1)
+      yield* dropTable(backend, tableName, url)
     }), { timeout: 60_000 })
 
   it.live("several workers on one table: every program finishes, no step runs twice or on two workers at once", () =>
@@ -261,6 +268,7 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
       expect(delivery.message).toEqual({ runId, step: 0 })
       expect(Option.getOrThrow(delivery.claimed).lockedBy).toBe("consumer")
       yield* delivery.ack
+      yield* Effect.addFinalizer(() => dropTable("pg", tableName, url))
     }).pipe(Effect.scoped), { timeout: 30_000 })
 })
 describeWithService("MYSQL_URL", "MariaDB", (url) => backendSuite("mysql", url))
