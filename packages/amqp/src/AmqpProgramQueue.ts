@@ -6,9 +6,10 @@
  * - `<queueName>.delay.<ms>`: one durable queue per delay bucket, with a message TTL of `<ms>`, dead-lettering
  *   back to `<queueName>` through the default exchange and deleted by the broker when idle (`x-expires`).
  *
- * Publishing goes through one long-lived confirm channel and resolves only on the broker's confirm. A publish caught
- * by a dropped connection is sent again on the next connection until `publishTimeout`, then fails with a
- * `QueueError`. Each subscription has its own channel with `prefetch` as its QoS; after a reconnect it consumes
+ * Publishing goes through one long-lived confirm channel and resolves only on the broker's confirm. Messages are
+ * `mandatory`: one the broker could not route (its queue was deleted) is returned, the queue declared again and the
+ * message sent again. A publish caught by a dropped connection is sent again on the next connection until
+ * `publishTimeout`, then fails with a `QueueError`: never silently dropped. Each subscription has its own channel with `prefetch` as its QoS; after a reconnect it consumes
  * again, and deliveries of the lost channel become inert: their ack/nack do nothing, the broker redelivers them.
  * Malformed messages (not JSON, not a wake-up, too large) are acked, logged once with a truncated body and counted
  * in `poisonMessages`.
@@ -106,25 +107,38 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
 
     // --- publishing ----------------------------------------------------------------------------------------------
 
-    let publisher: OpenChannel<amqp.ConfirmChannel> | undefined
+    /** The confirm channel and whether the main queue must be declared (again) before the next publish. */
+    interface Publisher {
+      readonly tracked: OpenChannel<amqp.ConfirmChannel>
+      /** `messageId`s the broker returned as unroutable (mandatory): their confirm means "dropped", not "stored". */
+      readonly returned: Set<string>
+      declared: boolean
+    }
+    let publisher: Publisher | undefined
+    let nextMessageId = 0
     const publisherLock = yield* Effect.makeSemaphore(1)
 
-    /** The shared confirm channel, opened (with the main queue declared) when there is none or it closed. */
-    const publisherChannel = publisherLock.withPermits(1)(Effect.suspend(() => {
-      if (publisher !== undefined && publisher.open) return Effect.succeed(publisher)
-      return connection.createConfirmChannel.pipe(
-        Effect.map(track),
-        Effect.tap((opened) =>
-          call(`declaring queue ${queueName}`, () => opened.channel.assertQueue(queueName, mainQueueOptions)).pipe(
-            Effect.tapError(() => closeChannel(opened))
-          )
-        ),
-        Effect.tap((opened) => {
-          publisher = opened
+    /** The shared confirm channel, opened when there is none or it closed; the main queue declared when needed. */
+    const publisherChannel = publisherLock.withPermits(1)(Effect.gen(function*() {
+      if (publisher === undefined || !publisher.tracked.open) {
+        const tracked = track(yield* connection.createConfirmChannel)
+        const opened: Publisher = { tracked, returned: new Set(), declared: false }
+        tracked.channel.on("return", (message: amqp.Message) => {
+          // A queue deleted under us (or lost by the broker): declare it again before the retry.
+          if (typeof message.properties.messageId === "string") opened.returned.add(message.properties.messageId)
+          opened.declared = false
         })
-      )
+        publisher = opened
+      }
+      const current = publisher
+      if (!current.declared) {
+        yield* call(`declaring queue ${queueName}`, () =>
+          current.tracked.channel.assertQueue(queueName, mainQueueOptions))
+        current.declared = true
+      }
+      return current
     }))
-    yield* Effect.addFinalizer(() => publisher === undefined ? Effect.void : closeChannel(publisher))
+    yield* Effect.addFinalizer(() => publisher === undefined ? Effect.void : closeChannel(publisher.tracked))
     // Topology on start when the broker is there; when it is not, the first channel opened later declares it.
     yield* publisherChannel.pipe(
       Effect.timeoutFail({
@@ -151,13 +165,17 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
 
     const publishOnce = (body: Buffer, bucket: number) =>
       Effect.gen(function*() {
-        const { channel } = yield* publisherChannel
+        const { returned, tracked: { channel } } = yield* publisherChannel
         const routingKey = bucket === 0 ? queueName : delayQueueName(queueName, bucket)
         if (bucket > 0) yield* declareDelayQueue(channel, bucket)
+        const messageId = String(++nextMessageId)
+        const properties = { persistent: true, mandatory: true, contentType: "application/json", messageId }
         yield* Effect.async<void, AmqpError | Refused>((resume) => {
           try {
-            channel.publish("", routingKey, body, { persistent: true, contentType: "application/json" }, (error) => {
-              if (error === null || error === undefined) resume(Effect.void)
+            channel.publish("", routingKey, body, properties, (error) => {
+              if (returned.delete(messageId)) {
+                resume(Effect.fail(new AmqpError({ message: `queue ${routingKey} missing: message returned` })))
+              } else if (error === null || error === undefined) resume(Effect.void)
               else if (error.message === "message nacked") {
                 resume(Effect.fail(new Refused({ message: "the broker refused the message (nack)" })))
               } else resume(Effect.fail(new AmqpError({ message: `publish not confirmed: ${errorMessage(error)}` })))

@@ -14,7 +14,7 @@ import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
 import { uniqueNamespace } from "../../core/test/conformance/ProgramQueueConformance.js"
 import { describeWithService } from "../../core/test/utils/services.js"
 import { delayBucket, delayQueueExpiry } from "../src/internal/delayBuckets.js"
-import { brokerConnectionId, eventually, inspectQueue, rabbitLayer, rawChannel } from "./utils.js"
+import { brokerConnectionId, deleteQueues, eventually, inspectQueue, rabbitLayer, rawChannel } from "./utils.js"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 
@@ -100,6 +100,20 @@ describeWithService("AMQP_URL", "AmqpProgramQueue on RabbitMQ", (url) => {
         )
         const ours = stdout.split("\n").map((line) => line.trim().split(/\s+/)).filter(([pid]) => pid === connection)
         expect(ours).toEqual([[connection, "true"]])
+      })))
+
+  it.live("a queue deleted under the publisher is declared again: the returned message is published again", () =>
+    withQueue((queueName) =>
+      Effect.gen(function*() {
+        const queue = yield* ProgramQueue
+        yield* queue.publish({ runId: randomUUID(), step: 0 })
+        yield* deleteQueues(url, [queueName])
+        const runId = randomUUID()
+        yield* queue.publish({ runId, step: 0 })
+        expect((yield* inspectQueue(url, queueName)).messageCount).toBe(1)
+        const channel = yield* rawChannel(url)
+        const message = yield* Effect.promise(() => channel.get(queueName, { noAck: true }))
+        expect(message && JSON.parse(message.content.toString())).toEqual({ runId, step: 0 })
       })))
 
   it.live("delays through a TTL queue per bucket that dead-letters back and expires when idle", () =>
