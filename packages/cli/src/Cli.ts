@@ -132,18 +132,27 @@ const worker = Command.make(
       const config = ExecutorConfig.layerFromEnv(overrides).pipe(
         Layer.mapError((error) => new CliError({ message: `bad worker configuration: ${String(error)}` }))
       )
-      yield* Effect.logInfo(`worker on ${Backend.describe(backend)} with ${jobs.length} job(s)`)
       // Jobs may start programs: they see this worker's ProgramExecutor (no other service is provided to them).
       const library = JobLibrary.layer(...(jobs as Array<Job.Job<ProgramExecutor>>)).pipe(
         Layer.mapError((error) => new CliError({ message: error.message }))
       )
-      return yield* Executor.run.pipe(
+      return yield* Effect.logInfo(`worker on ${Backend.describe(backend)} with ${jobs.length} job(s)`).pipe(
+        Effect.zipRight(Executor.run),
         Effect.provide(library),
         Effect.provide(config),
-        (effect) => withBackend(flags, effect, "wait")
+        (effect) => withBackend(flags, effect, "wait"),
+        Effect.provide(workerLogger)
       )
     })
 ).pipe(Command.withDescription("Run programs: take their steps from the queue until stopped (SIGINT/SIGTERM)"))
+
+/** Pretty logs on a terminal, one JSON object per line otherwise (a log collector); `PE_LOG_FORMAT` decides. */
+const workerLogger = Layer.unwrapEffect(
+  Effect.map(fromEnv("PE_LOG_FORMAT"), (format) => {
+    const json = Option.match(format, { onNone: () => process.stdout.isTTY !== true, onSome: (value) => value === "json" })
+    return json ? Logger.replace(Logger.prettyLoggerDefault, Logger.withConsoleLog(Logger.jsonLogger)) : Layer.empty
+  })
+)
 
 // create
 
