@@ -20,7 +20,14 @@ const rate = (ops: number, millis: number): Rate => ({ ops, seconds: millis / 10
 
 export const pgUpdateLoop = async (
   url: string,
-  options: { readonly concurrency: number; readonly millis: number; readonly named: boolean; readonly table: string }
+  options: {
+    readonly concurrency: number
+    readonly millis: number
+    readonly named: boolean
+    readonly table: string
+    /** Connections opened; `concurrency` loops share them (a worker's pool is smaller than its concurrency too). */
+    readonly maxConnections: number
+  }
 ): Promise<Rate> => {
   const { concurrency, millis, named, table } = options
   const setup = new pg.Client({ connectionString: url })
@@ -31,20 +38,19 @@ export const pgUpdateLoop = async (
     `CREATE TABLE ${table} (id integer PRIMARY KEY, n integer NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())`
   )
   await setup.query(`INSERT INTO ${table} (id) SELECT generate_series(1, ${concurrency * rowsPerClient})`)
-  const clients = await Promise.all(Array.from({ length: concurrency }, async () => {
-    const client = new pg.Client({ connectionString: url })
-    await client.connect()
-    return client
-  }))
+  const pool = new pg.Pool({ connectionString: url, max: Math.min(concurrency, options.maxConnections) })
+  // Open the connections before the clock starts.
+  await Promise.all(Array.from({ length: Math.min(concurrency, options.maxConnections) }, () =>
+    pool.query("SELECT 1")))
   const text = `UPDATE ${table} SET n = n + 1, updated_at = now() WHERE id = $1`
   let ops = 0
   let running = true
   const started = performance.now()
-  const loops = clients.map(async (client, c) => {
+  const loops = Array.from({ length: concurrency }, async (_, c) => {
     let i = 0
     while (running) {
       const id = c * rowsPerClient + (i++ % rowsPerClient) + 1
-      await (named ? client.query({ name: "bench_update", text, values: [id] }) : client.query(text, [id]))
+      await (named ? pool.query({ name: "bench_update", text, values: [id] }) : pool.query(text, [id]))
       ops++
     }
   })
@@ -52,7 +58,7 @@ export const pgUpdateLoop = async (
   running = false
   await Promise.all(loops)
   const elapsed = performance.now() - started
-  await Promise.all(clients.map((client) => client.end()))
+  await pool.end()
   await setup.query(`DROP TABLE IF EXISTS ${table}`)
   await setup.end()
   return rate(ops, elapsed)

@@ -12,6 +12,7 @@
  *   --growth a,b            finished rows already in the table for the growth mode (BENCH_GROWTH, default 1000,100000)
  *   --repeat N              runs of each throughput and growth measurement; the median is reported (BENCH_REPEAT, 3)
  *   --modes list            throughput modes: embedded,pg-sql,pg-amqp,pg-amqp-multi (BENCH_MODES, default all)
+ *   --pg-connections N      connections of the raw UPDATE loop (BENCH_PG_CONNECTIONS, default 16)
  *   --only parts            comma list of limits,throughput,lone,growth (BENCH_ONLY, default all)
  *   --out FILE              JSON result (default bench/results/latest.json; a .md table and .svg plot beside it)
  *
@@ -60,6 +61,7 @@ const options = {
   createConcurrency: int("create-concurrency", "BENCH_CREATE_CONCURRENCY", 16, 16),
   lone: int("lone", "BENCH_LONE", 200, 30),
   repeat: int("repeat", "BENCH_REPEAT", 3, 1),
+  pgConnections: int("pg-connections", "BENCH_PG_CONNECTIONS", 16, 16),
   limitMillis: int("limit-millis", "BENCH_LIMIT_MILLIS", 3000, 1500),
   growth: (option("growth", "BENCH_GROWTH") ?? "1000,100000").split(",").map(Number),
   modes: new Set((option("modes", "BENCH_MODES") ?? "embedded,pg-sql,pg-amqp,pg-amqp-multi").split(",")),
@@ -103,6 +105,9 @@ interface Child {
 
 /** Every child still running, killed if the bench itself is interrupted. */
 const live = new Set<ChildProcess>()
+process.on("exit", () => {
+  for (const child of live) child.kill("SIGKILL")
+})
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.on(signal, () => {
     for (const child of live) child.kill("SIGKILL")
@@ -284,6 +289,8 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     AMQP_URL: options.amqpUrl
   }
   const pgClient = backend === "embedded" ? undefined : new pg.Client({ connectionString: options.databaseUrl })
+  // A database restart under the bench fails this run (the query rejects); it must not crash the whole bench.
+  pgClient?.on("error", (error) => log(`bench connection lost: ${error.message}`))
   await pgClient?.connect()
   const children: Array<Child> = []
   try {
@@ -346,7 +353,7 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     for (const child of children) child.process.kill("SIGKILL")
     if (pgClient !== undefined) {
       await pgClient.query(`DROP TABLE IF EXISTS ${table}`).catch(() => {})
-      await pgClient.end()
+      await pgClient.end().catch(() => {})
     }
     if (backend === "pg-amqp") await deleteQueue(queue)
     rmSync(sqliteFile, { force: true })
@@ -370,7 +377,11 @@ const deleteQueue = async (queue: string) => {
 const medianRun = async (backend: Backend, processes: number, prefill = 0) => {
   const runs: Array<ThroughputResult> = []
   for (let i = 0; i < Math.max(1, options.repeat); i++) {
-    const result = await throughputRun(backend, processes, prefill)
+    const result = await throughputRun(backend, processes, prefill).catch((error) => {
+      log(`${backend} ×${processes} run failed: ${error instanceof Error ? error.message : String(error)}`)
+      return undefined
+    })
+    if (result === undefined) continue
     log(
       `${backend} ×${processes}${prefill > 0 ? ` (+${prefill} rows)` : ""}: ${Math.round(result.stepsPerSecond)} steps/s, p50 ${
         result.latencyP50Millis.toFixed(0)
@@ -378,6 +389,7 @@ const medianRun = async (backend: Backend, processes: number, prefill = 0) => {
     )
     runs.push(result)
   }
+  if (runs.length === 0) return undefined
   const sorted = [...runs].sort((a, b) => a.stepsPerSecond - b.stepsPerSecond)
   return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, runs: runs.map((run) => Math.round(run.stepsPerSecond)) }
 }
@@ -450,27 +462,34 @@ interface Limits {
 }
 
 const measureLimits = async (limits: Limits, concurrencies: ReadonlyArray<number>) => {
-  const record = (name: string, concurrency: number, rate: Rate) => {
-    limits.samples.push({ name, concurrency, perSecond: rate.perSecond })
-    log(`limit ${name} @${concurrency}: ${Math.round(rate.perSecond)}/s`)
+  // A failed measurement (the database out of connections, say) is reported, not fatal: the modes still run.
+  const record = async (name: string, concurrency: number, measure: () => Rate | Promise<Rate>) => {
+    try {
+      const rate = await measure()
+      limits.samples.push({ name, concurrency, perSecond: rate.perSecond })
+      log(`limit ${name} @${concurrency}: ${Math.round(rate.perSecond)}/s`)
+    } catch (error) {
+      log(`limit ${name} @${concurrency} failed: ${error instanceof Error ? error.message : String(error)}`)
+    }
   }
-  record("sqlite-update", 1, sqliteUpdateLoop(join(scratch, "raw.db"), { millis: options.limitMillis }))
+  await record("sqlite-update", 1, () => sqliteUpdateLoop(join(scratch, "raw.db"), { millis: options.limitMillis }))
+  // The SQL modes run in one process: their UPDATE limit is needed at one concurrency only.
+  const table = uniqueName("bench_raw_update")
+  for (const named of [false, true]) {
+    await record(named ? "pg-update-named" : "pg-update", options.concurrency, () =>
+      pgUpdateLoop(options.databaseUrl, {
+        concurrency: options.concurrency,
+        millis: options.limitMillis,
+        named,
+        table,
+        maxConnections: options.pgConnections
+      }))
+  }
   for (const concurrency of concurrencies) {
-    const table = uniqueName("bench_raw_update")
-    record(
-      "pg-update",
-      concurrency,
-      await pgUpdateLoop(options.databaseUrl, { concurrency, millis: options.limitMillis, named: false, table })
-    )
-    record(
-      "pg-update-named",
-      concurrency,
-      await pgUpdateLoop(options.databaseUrl, { concurrency, millis: options.limitMillis, named: true, table })
-    )
-    record(
+    await record(
       "amqp-relay",
       concurrency,
-      await amqpRelay(options.amqpUrl, { concurrency, millis: options.limitMillis, queue: `bench.relay.${stamp}` })
+      () => amqpRelay(options.amqpUrl, { concurrency, millis: options.limitMillis, queue: `bench.relay.${stamp}` })
     )
   }
 }
@@ -565,18 +584,26 @@ const main = async () => {
 
   await measureAllLimits()
   const throughput: Array<ThroughputResult & { runs: Array<number> }> = []
+  const keep = (into: Array<ThroughputResult & { runs: Array<number> }>) =>
+  (result: (ThroughputResult & { runs: Array<number> }) | undefined) => {
+    if (result !== undefined) into.push(result)
+  }
   if (options.only.has("throughput")) {
-    if (options.modes.has("embedded")) throughput.push(await medianRun("embedded", 1))
-    if (options.modes.has("pg-sql")) throughput.push(await medianRun("pg-sql", 1))
-    if (options.modes.has("pg-amqp")) throughput.push(await medianRun("pg-amqp", 1))
+    if (options.modes.has("embedded")) keep(throughput)(await medianRun("embedded", 1))
+    if (options.modes.has("pg-sql")) keep(throughput)(await medianRun("pg-sql", 1))
+    if (options.modes.has("pg-amqp")) keep(throughput)(await medianRun("pg-amqp", 1))
     if (options.modes.has("pg-amqp-multi") && options.workers > 1) {
-      throughput.push(await medianRun("pg-amqp", options.workers))
+      keep(throughput)(await medianRun("pg-amqp", options.workers))
     }
   }
   const lone: Array<LoneResult> = []
   if (options.only.has("lone")) {
     for (const backend of ["embedded", "pg-sql", "pg-amqp"] as const) {
-      const result = await loneRun(backend)
+      const result = await loneRun(backend).catch((error) => {
+        log(`lone ${backend} failed: ${error instanceof Error ? error.message : String(error)}`)
+        return undefined
+      })
+      if (result === undefined) continue
       log(`lone ${backend}: step p50 ${result.stepP50Millis.toFixed(2)} ms, p95 ${result.stepP95Millis.toFixed(2)} ms`)
       lone.push(result)
     }
@@ -584,7 +611,7 @@ const main = async () => {
   const growth: Array<ThroughputResult & { runs: Array<number> }> = []
   if (options.only.has("growth")) {
     for (const backend of ["pg-sql", "pg-amqp"] as const) {
-      for (const rows of options.growth) growth.push(await medianRun(backend, 1, rows))
+      for (const rows of options.growth) keep(growth)(await medianRun(backend, 1, rows))
     }
   }
   await measureAllLimits()
@@ -637,8 +664,12 @@ const main = async () => {
     [
       ["SQLite single-row UPDATE (WAL, synchronous=NORMAL)", "1", fmt(limits.sqliteUpdate ?? NaN)],
       ...concurrencies.flatMap((c) => [
-        ["PostgreSQL single-row UPDATE, unnamed statement", String(c), fmt(limits.pgUpdate[c] ?? NaN)],
-        ["PostgreSQL single-row UPDATE, named (prepared)", String(c), fmt(limits.pgUpdateNamed[c] ?? NaN)],
+        ...(c === options.concurrency
+          ? [
+            [`PostgreSQL single-row UPDATE, unnamed statement (${Math.min(c, options.pgConnections)} conn.)`, String(c), fmt(limits.pgUpdate[c] ?? NaN)],
+            [`PostgreSQL single-row UPDATE, named/prepared (${Math.min(c, options.pgConnections)} conn.)`, String(c), fmt(limits.pgUpdateNamed[c] ?? NaN)]
+          ]
+          : []),
         ["amqplib relay consume→publish(confirm)→ack", String(c), fmt(limits.amqpRelay[c] ?? NaN)]
       ])
     ]
@@ -656,7 +687,8 @@ const main = async () => {
     ])
   )
   const growthRows = growth.map((result) => {
-    const baseline = growth.find((other) => other.backend === result.backend && other.prefilled === options.growth[0])!
+    const baseline = growth.find((other) => other.backend === result.backend && other.prefilled === options.growth[0]) ??
+      result
     return [
       modeLabel(result.backend, 1),
       fmt(result.prefilled),
