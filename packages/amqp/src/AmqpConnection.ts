@@ -161,7 +161,12 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
       (model, exit) =>
         Exit.isInterrupted(exit)
           ? SubscriptionRef.set(state, Option.none()).pipe(
-            Effect.zipRight(Effect.tryPromise(() => model.close()).pipe(Effect.timeout("5 seconds"), Effect.ignore))
+            Effect.zipRight(Effect.tryPromise(() => model.close()).pipe(
+              // Releases run uninterruptibly; a timeout can only end an interruptible effect.
+              Effect.interruptible,
+              Effect.timeout("5 seconds"),
+              Effect.ignore
+            ))
           )
           : Effect.void
     )

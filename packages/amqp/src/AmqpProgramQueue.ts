@@ -91,7 +91,11 @@ const call = <A>(what: string, run: () => PromiseLike<A>) =>
 const closeChannel = (tracked: OpenChannel<amqp.Channel>) =>
   Effect.suspend(() =>
     tracked.open
-      ? call("closing a channel", () => tracked.channel.close()).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+      ? call("closing a channel", () => tracked.channel.close()).pipe(
+        Effect.interruptible,
+        Effect.timeout("5 seconds"),
+        Effect.ignore
+      )
       : Effect.void
   )
 
@@ -203,6 +207,8 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
             schedule: defaultReconnectSchedule,
             while: (error) => error._tag === "AmqpError"
           }),
+          // The executor publishes from uninterruptible bookkeeping; a timeout can only end an interruptible effect.
+          Effect.interruptible,
           Effect.timeoutFail({
             duration: publishTimeout,
             onTimeout: () =>
@@ -247,6 +253,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
           const consumer = current
           return (consumer !== undefined && consumer.tracked.open
             ? call("cancelling the consumer", () => consumer.tracked.channel.cancel(consumer.consumerTag)).pipe(
+              Effect.interruptible,
               Effect.timeout("5 seconds"),
               Effect.ignore
             )
