@@ -103,9 +103,12 @@ const harness = <A, E>(
       Layer.mergeAll(storage, ProgramEvents.layer(), JobLibrary.layer(...jobs)).pipe(Layer.orDie)
     )
     let workerCount = 0
+    const testScope = yield* Effect.scope
     const start = (overrides: Partial<ExecutorConfig.ExecutorOptions> = {}) =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()
+        // Workers stop before the storage closes under them (finalizers run in reverse order).
+        yield* Scope.addFinalizer(testScope, Scope.close(scope, Exit.void))
         const options: ExecutorConfig.ExecutorOptions = {
           ...ExecutorConfig.defaults(),
           ...fastConfig,
@@ -495,7 +498,8 @@ export const executorConformance = (
           Effect.gen(function*() {
             const worker = yield* workers.start({ shutdownGrace: Duration.millis(100) })
             const runId = yield* ProgramExecutor.createProgram({ jobs: ["stubborn"] })
-            yield* awaitProgram(runId, (program) => program.lockedBy !== null)
+            // The job has started (a queue that claims ahead sets the lease before that).
+            yield* pollUntil(Ref.get(log), (runs) => runs.length === 1).pipe(Effect.timeout("30 seconds"))
             yield* Scope.close(worker, Exit.void)
             const given = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
             expect(given.lockedBy).toBeNull()
