@@ -58,7 +58,6 @@ describeWithServices("duplicate delivery", () => {
     expect(after.violations).toEqual([])
     expect(after.executions).toBe(total)
 
-    for (const worker of workers) worker.child.kill("SIGTERM")
-    for (const worker of workers) expect((await worker.exited).code, current.logs()).toBe(0)
+    for (const exit of await current.stop(workers)) expect(exit.code, current.logs()).toBe(0)
   })
 })

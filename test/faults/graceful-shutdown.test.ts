@@ -31,10 +31,16 @@ describeWithServices("graceful shutdown", () => {
     const first = [current.start(env), current.start(env), current.start(env)]
     const total = programs * jobNames.length
 
+    await eventually("the workers started", async () => first.every((worker) => worker.ready()), 120_000, current.logs)
     await eventually("40% of the steps are done", async () => (await current.stepsDone()) >= total * 0.4, 120_000, current.logs)
-    const running = Number((await current.db.query(
-      `SELECT count(*)::int AS n FROM ${current.executionsTable} WHERE finished_at IS NULL`
-    )).rows[0].n)
+    // Signal while jobs run, so their finishing within the grace is what is measured.
+    let running = 0
+    await eventually("jobs are running", async () => {
+      running = Number((await current.db.query(
+        `SELECT count(*)::int AS n FROM ${current.executionsTable} WHERE finished_at IS NULL`
+      )).rows[0].n)
+      return running > 0
+    }, 60_000, current.logs)
     const signalledAt = Date.now()
     for (const worker of first) worker.child.kill("SIGTERM")
     const exits = await Promise.all(first.map((worker) => worker.exited))
@@ -80,8 +86,7 @@ describeWithServices("graceful shutdown", () => {
     expect(report.duplicates).toBe(0)
     expect(report.executions).toBe(total)
 
-    for (const worker of second) worker.child.kill("SIGTERM")
-    for (const worker of second) expect((await worker.exited).code, current.logs()).toBe(0)
+    for (const exit of await current.stop(second)) expect(exit.code, current.logs()).toBe(0)
   })
 
   it("a grace shorter than the jobs: running jobs are interrupted, their steps given back and run once more", async () => {
@@ -143,7 +148,6 @@ describeWithServices("graceful shutdown", () => {
     expect(report.duplicates).toBe(report.duplicatesAfterDeath)
     expect(report.duplicates).toBeLessThanOrEqual(interrupted)
 
-    for (const worker of second) worker.child.kill("SIGTERM")
-    for (const worker of second) expect((await worker.exited).code, current.logs()).toBe(0)
+    for (const exit of await current.stop(second)) expect(exit.code, current.logs()).toBe(0)
   })
 })

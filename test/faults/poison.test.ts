@@ -120,7 +120,6 @@ describeWithServices("poison", () => {
       [runIds[0]]
     )
     expect(rows[0]!.error_message).toMatch(/^the stored program cannot be read: jobs is not a JSON array of job names/)
-    for (const worker of workers) worker.child.kill("SIGTERM")
-    for (const worker of workers) expect((await worker.exited).code, current.logs()).toBe(0)
+    for (const exit of await current.stop(workers)) expect(exit.code, current.logs()).toBe(0)
   })
 })

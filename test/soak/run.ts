@@ -206,9 +206,9 @@ try {
     failed = true
     console.log(`RSS grows by ${rssSlope.toFixed(2)} MiB/min, over the limit of ${maxSlope}`)
   }
-  for (const worker of slots) worker.child.kill("SIGTERM")
-  for (const worker of slots) {
-    const exit = await worker.exited
+  const exits = await world.stop(slots)
+  for (const [index, worker] of slots.entries()) {
+    const exit = exits[index]!
     if (exit.code !== 0) {
       failed = true
       console.log(`worker ${worker.pid} exited with ${exit.code ?? exit.signal} on SIGTERM`)

@@ -43,6 +43,8 @@ export interface Worker {
   readonly output: Array<string>
   readonly exited: Promise<Exit>
   readonly alive: () => boolean
+  /** It logged "worker started": its signal handlers are installed and it consumes. */
+  readonly ready: () => boolean
 }
 
 /** Resident set size of a live process in MiB (Linux), undefined once it is gone. */
@@ -59,7 +61,7 @@ export const rssMiB = (pid: number): number | undefined => {
 export const defaultWorkerEnv: Record<string, string> = {
   PE_CONCURRENCY: "8",
   PE_JOB_DURATION: "20 millis",
-  PE_LEASE_DURATION: "3 seconds",
+  PE_LEASE_DURATION: "5 seconds",
   PE_HEARTBEAT_INTERVAL: "500 millis",
   PE_SWEEP_INTERVAL: "1 second",
   PE_STALE_AFTER: "5 seconds",
@@ -117,7 +119,9 @@ export const makeWorld = async (options: WorldOptions) => {
     })
     const output: Array<string> = []
     let size = 0
+    let ready = false
     const keep = (chunk: unknown) => {
+      if (!ready && String(chunk).includes("worker started")) ready = true
       // Keep the tail only: a long soak must not hold every log line in memory.
       output.push(String(chunk))
       size += String(chunk).length
@@ -133,7 +137,8 @@ export const makeWorld = async (options: WorldOptions) => {
       pid: child.pid!,
       output,
       exited,
-      alive: () => child.exitCode === null && child.signalCode === null
+      alive: () => child.exitCode === null && child.signalCode === null,
+      ready: () => ready
     }
     workers.push(worker)
     return worker
@@ -181,6 +186,15 @@ export const makeWorld = async (options: WorldOptions) => {
     unsettled: () => count("(finished_at IS NULL AND errored_at IS NULL) OR locked_by IS NOT NULL OR locked_until IS NOT NULL"),
     logs: (tail = 3000) =>
       workers.map((worker) => `--- worker ${worker.pid}\n${worker.output.join("").slice(-tail)}`).join("\n"),
+    /**
+     * SIGTERM to each worker once it has started (a process still loading has no handler yet: the signal would kill
+     * it), and their exits.
+     */
+    stop: async (stopping: ReadonlyArray<Worker>) => {
+      await eventually("the workers started", async () => stopping.every((worker) => worker.ready() || !worker.alive()), 120_000)
+      for (const worker of stopping) worker.child.kill("SIGTERM")
+      return Promise.all(stopping.map((worker) => worker.exited))
+    },
     /** Sends raw bytes to the queue, as a foreign publisher would. */
     publishRaw: async (bodies: ReadonlyArray<Buffer>) => {
       const connection = await amqp.connect(options.amqpUrl)
