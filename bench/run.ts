@@ -14,6 +14,7 @@
  *   --modes list            throughput modes: embedded,pg-sql,pg-amqp,pg-amqp-multi (BENCH_MODES, default all)
  *   --pg-connections N      connections of the raw UPDATE loop (BENCH_PG_CONNECTIONS, default 16)
  *   --only parts            comma list of limits,throughput,lone,growth (BENCH_ONLY, default all)
+ *   --replot                redraw the .svg of an existing --out result and exit
  *   --out FILE              JSON result (default bench/results/latest.json; a .md table and .svg plot beside it)
  *
  * BENCH_CPU_PROF=DIR writes a V8 CPU profile of every bench process into DIR (open it in Chrome DevTools).
@@ -22,7 +23,7 @@
  */
 import amqp from "amqplib"
 import { type ChildProcess, fork } from "node:child_process"
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { cpus, loadavg, tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
@@ -534,44 +535,79 @@ const modeLabel = (backend: Backend, processes: number) =>
     ? `PostgreSQL, SQL queue, ${processes} proc`
     : `PostgreSQL + RabbitMQ, ${processes} proc`
 
-const svgPlot = (bars: ReadonlyArray<{ label: string; value: number; limit: number; limitLabel: string }>) => {
-  const width = 760
+/** Horizontal bars on a log scale (the limits and the modes differ by orders of magnitude on a busy machine). */
+const svgPlot = (
+  bars: ReadonlyArray<{ label: string; value: number; limit: number; limitLabel: string }>,
+  caption: string
+) => {
+  const width = 780
   const rowHeight = 46
-  const left = 250
-  const right = 90
+  const left = 230
+  const right = 30
   const top = 40
-  const height = top + bars.length * rowHeight + 30
+  const height = top + bars.length * rowHeight + 50
   const max = Math.max(...bars.flatMap((bar) => [bar.value, Number.isFinite(bar.limit) ? bar.limit : 0]))
-  const x = (value: number) => (value / max) * (width - left - right)
+  const floor = 10
+  const decades = Math.ceil(Math.log10(max)) - Math.log10(floor)
+  const x = (value: number) => (Math.max(0, Math.log10(Math.max(value, floor)) - Math.log10(floor)) / decades) * (width - left - right)
   const escape = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;")
+  const grid = Array.from({ length: decades + 1 }, (_, i) => floor * 10 ** i).map((tick) =>
+    `<line x1="${(left + x(tick)).toFixed(1)}" y1="${top - 4}" x2="${(left + x(tick)).toFixed(1)}" y2="${
+      top + bars.length * rowHeight
+    }" stroke="#ddd"/><text x="${(left + x(tick)).toFixed(1)}" y="${top + bars.length * rowHeight + 14}" font-size="10" text-anchor="middle" fill="#555">${
+      fmt(tick)
+    }</text>`
+  )
   const rows = bars.map((bar, i) => {
     const y = top + i * rowHeight
     const limitBar = Number.isFinite(bar.limit)
       ? `<rect x="${left}" y="${y}" width="${x(bar.limit).toFixed(1)}" height="30" fill="#d6e4f0"/>` +
-        `<text x="${(left + x(bar.limit) + 4).toFixed(1)}" y="${y + 11}" font-size="10" fill="#567">${
+        `<text x="${(left + x(bar.limit) - 4).toFixed(1)}" y="${y + 11}" font-size="10" text-anchor="end" fill="#456">${
           escape(bar.limitLabel)
         } ${fmt(bar.limit)}</text>`
       : ""
-    return `${limitBar}<rect x="${left}" y="${y + 8}" width="${x(bar.value).toFixed(1)}" height="16" fill="#2a6fb0"/>` +
+    return `${limitBar}<rect x="${left}" y="${y + 14}" width="${x(bar.value).toFixed(1)}" height="14" fill="#2a6fb0"/>` +
       `<text x="${left - 8}" y="${y + 20}" font-size="12" text-anchor="end">${escape(bar.label)}</text>` +
-      `<text x="${(left + x(bar.value) + 4).toFixed(1)}" y="${y + 22}" font-size="11" font-weight="bold">${
+      `<text x="${(left + x(bar.value) + 4).toFixed(1)}" y="${y + 26}" font-size="11" font-weight="bold">${
         fmt(bar.value)
-      }${Number.isFinite(bar.limit) ? ` (${pct(bar.value / bar.limit)})` : ""}</text>`
+      }${Number.isFinite(bar.limit) ? ` (${pct(bar.value / bar.limit)} of limit)` : ""}</text>`
   })
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
-<text x="${left}" y="22" font-size="14" font-weight="bold">steps/s by mode (dark), raw limit in the same run (light)</text>
+<text x="${left}" y="22" font-size="14" font-weight="bold">steps/s by mode (dark) and its raw limit, same run (light); log scale</text>
+${grid.join("\n")}
 ${rows.join("\n")}
-<text x="${left}" y="${height - 8}" font-size="10" fill="#555">${
-    escape(`${options.programs} programs × ${options.jobs} no-op jobs, concurrency ${options.concurrency} per process; ${cpus().length} cores`)
-  }</text>
+<text x="${left}" y="${height - 10}" font-size="10" fill="#555">${escape(caption)}</text>
 </svg>
 `
 }
 
+const plotFromResult = (result: {
+  readonly startedAt: string
+  readonly options: { readonly programs: number; readonly jobs: number; readonly concurrency: number }
+  readonly machine: { readonly cores: number }
+  readonly throughput: ReadonlyArray<
+    ThroughputResult & { readonly limit: { readonly name: string; readonly value: number } }
+  >
+}) =>
+  svgPlot(
+    result.throughput.map((mode) => ({
+      label: modeLabel(mode.backend, mode.processes),
+      value: mode.stepsPerSecond,
+      limit: mode.limit.value ?? NaN,
+      limitLabel: mode.limit.name
+    })),
+    `${result.startedAt}: ${result.options.programs} programs × ${result.options.jobs} no-op jobs, concurrency ${result.options.concurrency} per process, ${result.machine.cores} cores`
+  )
+
 // ---------------------------------------------------------------------------------------------------------------------
 
 const main = async () => {
+  if (flag("replot")) {
+    // Redraws the plot of an existing result (--out FILE, default the latest).
+    writeFileSync(options.out.replace(/\.json$/, ".svg"), plotFromResult(JSON.parse(readFileSync(options.out, "utf8"))))
+    return
+  }
   const started = new Date()
   log(
     `programs ${options.programs} × ${options.jobs} jobs, concurrency ${options.concurrency}, workers ${options.workers}, repeat ${options.repeat}${
@@ -738,17 +774,7 @@ const main = async () => {
   }
   writeFileSync(options.out, `${JSON.stringify(result, null, 2)}\n`)
   writeFileSync(options.out.replace(/\.json$/, ".md"), `${text}\n`)
-  if (throughput.length > 0) {
-    writeFileSync(
-      options.out.replace(/\.json$/, ".svg"),
-      svgPlot(throughput.map((result) => ({
-        label: modeLabel(result.backend, result.processes),
-        value: result.stepsPerSecond,
-        limit: limitOf(result).value,
-        limitLabel: limitOf(result).name
-      })))
-    )
-  }
+  if (throughput.length > 0) writeFileSync(options.out.replace(/\.json$/, ".svg"), plotFromResult(result))
   log(`wrote ${options.out} (and .md, .svg)`)
 }
 
