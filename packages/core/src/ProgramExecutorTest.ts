@@ -43,19 +43,25 @@ export interface TestLayerOptions<Jobs extends ReadonlyArray<Job.Job<any>>, E = 
 }
 
 /** In-memory repository, queue and events, the `ProgramExecutor` API, and workers running in the layer's scope. */
+/** What the test layer provides; jobs may use any of it (a job that starts a child program uses `ProgramExecutor`). */
+export type Provided = ProgramExecutor | ProgramRepository | ProgramQueue | ProgramEvents | JobLibrary
+
 export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>, E = never>(
   options: TestLayerOptions<Jobs, E>
 ): Layer.Layer<
-  ProgramExecutor | ProgramRepository | ProgramQueue | ProgramEvents | JobLibrary,
+  Provided,
   JobLibraryError | ConfigError.ConfigError | E,
-  Job.Context<Jobs[number]>
+  Exclude<Job.Context<Jobs[number]>, Provided>
 > => {
-  const services = Layer.mergeAll(
+  const storage = Layer.mergeAll(
     options.storage ?? Layer.merge(ProgramRepository.layerMemory, ProgramQueue.layerMemory),
     ProgramEvents.layer(),
-    JobLibrary.layer(...options.jobs),
     // No shutdown grace by default: the test clock would never let it elapse when the layer closes on a running job.
     ExecutorConfig.layer({ shutdownGrace: Duration.zero, ...options.config })
+  )
+  const services = JobLibrary.layer(...options.jobs).pipe(
+    Layer.provideMerge(ProgramExecutor.layer),
+    Layer.provideMerge(storage)
   )
   const workers = Layer.scopedDiscard(
     Effect.gen(function*() {
@@ -70,7 +76,12 @@ export const layer = <const Jobs extends ReadonlyArray<Job.Job<any>>, E = never>
       }
     })
   )
-  return Layer.mergeAll(ProgramExecutor.layer, workers).pipe(Layer.provideMerge(services))
+  // TypeScript cannot see through `Exclude` of a generic context; the layer needs exactly what the cast says.
+  return workers.pipe(Layer.provideMerge(services)) as unknown as Layer.Layer<
+    Provided,
+    JobLibraryError | ConfigError.ConfigError | E,
+    Exclude<Job.Context<Jobs[number]>, Provided>
+  >
 }
 
 /**
@@ -111,7 +122,7 @@ export const runProgram = <const Jobs extends ReadonlyArray<Job.Job<any>>>(
 ): Effect.Effect<
   ProgramRecord,
   ProgramsStuckError | RepositoryError | InvalidProgramError | JobLibraryError | ConfigError.ConfigError,
-  Job.Context<Jobs[number]>
+  Exclude<Job.Context<Jobs[number]>, Provided>
 > =>
   Effect.gen(function*() {
     const runId = yield* ProgramExecutor.createProgram(input)

@@ -151,3 +151,21 @@ describe("Job", () => {
     expect(new RetryableError({ message: "x" }).retryable).toBe(true)
   })
 })
+
+describe("jobs using the executor", () => {
+  it.effect("a job can start another program (ProgramExecutor is available to jobs in the test kit)", () =>
+    Effect.gen(function*() {
+      const parent = Job.make(
+        "spawn",
+        Effect.flatMap(JobContext, (ctx) =>
+          ProgramExecutor.createProgram({ jobs: ["child"], programData: { parent: ctx.runId } }).pipe(Effect.orDie))
+      )
+      const programs = yield* Effect.gen(function*() {
+        yield* ProgramExecutor.createProgram({ jobs: ["spawn"] })
+        return yield* ProgramExecutorTest.runUntilIdle()
+      }).pipe(Effect.provide(ProgramExecutorTest.layer({ jobs: [parent, Job.make("child", Effect.void)] })))
+      expect(programs.length).toBe(2)
+      expect(programs[1]!.programData).toEqual({ parent: programs[0]!.runId })
+      expect(programs.every((program) => program.finishedAt !== null)).toBe(true)
+    }))
+})
