@@ -1,5 +1,5 @@
 // Types for the plain JavaScript library beside this file (the old library shipped none).
-import type { JobLibraryObject } from "../../packages/compat/src/index.js"
+import type { JobLibraryObject } from "@program-executor/compat"
 
 declare const jobLibrary: JobLibraryObject
 export default jobLibrary

@@ -3,7 +3,7 @@
  * SQLite file or on DATABASE_URL (+ AMQP_URL). Run: node --import tsx examples/seed-style/run.ts
  */
 // In an application: import { ProgramExecutor } from "@program-executor/compat"
-import { ProgramExecutor } from "../../packages/compat/src/index.js"
+import { ProgramExecutor } from "@program-executor/compat"
 import jobLibrary from "./jobs.mjs"
 
 export const runSeedStyle = async (config: { databaseUrl?: string; amqpUrl?: string; filename?: string }) => {

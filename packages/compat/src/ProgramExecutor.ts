@@ -12,6 +12,7 @@
  * Its defaults are the old library's where they differ from the core's: a job the library lacks is skipped with a
  * warning, a retryable failure is retried without limit every second, one step runs at a time per process.
  */
+import * as SqlClient from "@effect/sql/SqlClient"
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
 import type { ProgramRecord } from "@program-executor/core"
 import {
@@ -26,7 +27,6 @@ import {
 } from "@program-executor/core"
 import { SqlDatabase, SqlProgramExecutor, SqlProgramQueue, SqlProgramRepository } from "@program-executor/sql"
 import * as Cause from "effect/Cause"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -42,7 +42,7 @@ export interface ProgramExecutorConfig {
   /** postgres://…, mysql://…, sqlite:PATH or file:PATH. Neither this nor `sqlClient`: the embedded SQLite file. */
   readonly databaseUrl?: string
   /** An `@effect/sql` `SqlClient` you already have (instead of `databaseUrl`). */
-  readonly sqlClient?: object
+  readonly sqlClient?: SqlClient.SqlClient
   /** RabbitMQ for wake-ups. Unset: the database is the queue. */
   readonly amqpUrl?: string
   /** The programs table, created when missing. */
@@ -79,9 +79,6 @@ export interface ProgramErrorEvent {
 
 type Services = ProgramExecutorService | ProgramRepository | ProgramQueue
 
-// `@effect/sql`'s tag, found by its key: this package takes a client without depending on @effect/sql itself.
-const SqlClientTag = Context.GenericTag<object>("@effect/sql/SqlClient")
-
 const backendLayer = (config: ProgramExecutorConfig): Layer.Layer<Services, unknown> => {
   const tableName = { tableName: config.tableName }
   if (config.sqlClient === undefined && config.databaseUrl === undefined && config.amqpUrl === undefined) {
@@ -91,7 +88,7 @@ const backendLayer = (config: ProgramExecutorConfig): Layer.Layer<Services, unkn
     }) as Layer.Layer<Services, unknown>
   }
   const sql = config.sqlClient !== undefined
-    ? Layer.succeed(SqlClientTag, config.sqlClient)
+    ? Layer.succeed(SqlClient.SqlClient, config.sqlClient)
     : SqlDatabase.layer(config.databaseUrl ?? `sqlite:${config.filename ?? "./program-executor.db"}`)
   const repository = SqlProgramRepository.layer(tableName)
   const queue = config.amqpUrl === undefined
