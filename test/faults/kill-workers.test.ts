@@ -34,6 +34,7 @@ describeWithServices("kill -9 of a worker process", () => {
     const total = programs * jobNames.length
     const deaths: Array<Death> = []
     const inFlight: Array<number> = []
+    const queued: Array<number> = []
 
     for (const fraction of [0.3, 0.5, 0.7]) {
       await eventually(
@@ -57,11 +58,13 @@ describeWithServices("kill -9 of a worker process", () => {
       const exit = await victim.exited
       expect(exit.signal).toBe("SIGKILL")
       deaths.push({ pid: victim.pid, at: exit.at })
-      // Jobs it had started and not finished: these are the ones that may run once more.
+      // Steps it held (claimed, not yet advanced: its job running, or done and not recorded): these may run once more.
+      // Its worker id is `<host>-<pid>-<random>`.
       inFlight.push(Number((await current.db.query(
-        `SELECT count(*)::int AS n FROM ${current.executionsTable} WHERE pid = $1 AND finished_at IS NULL`,
-        [victim.pid]
+        `SELECT count(*)::int AS n FROM ${current.name} WHERE locked_by LIKE '%-' || $1 || '-%'`,
+        [String(victim.pid)]
       )).rows[0].n))
+      queued.push(await current.queueDepth())
       slots[slot] = current.start(env)
     }
 
@@ -74,12 +77,11 @@ describeWithServices("kill -9 of a worker process", () => {
       runIds,
       deaths
     })
-    printTable([{ scenario: "kill -9 ×3 (of 3 workers)", report, wallMillis, extra: `in flight at kills: ${inFlight.join("/")}` }])
+    printTable([{ scenario: "kill -9 ×3 (of 3 workers)", report, wallMillis, extra: `steps held at kills ${inFlight.join("/")}, queued ${queued.join("/")}` }])
     expect(report.violations).toEqual([])
     expect(report.finished).toBe(programs)
     expect(report.steps).toBe(total)
-    // The kills landed while jobs ran (a job can end between choosing the victim and the kill, so not each one), and
-    // only those jobs may have run again.
+    // The kills landed while the victims held steps, and only those steps may have run again.
     expect(inFlight.reduce((a, b) => a + b, 0)).toBeGreaterThan(0)
     expect(report.duplicates).toBeLessThanOrEqual(inFlight.reduce((a, b) => a + b, 0))
 

@@ -63,8 +63,9 @@ export const defaultWorkerEnv: Record<string, string> = {
   PE_JOB_DURATION: "20 millis",
   PE_LEASE_DURATION: "5 seconds",
   PE_HEARTBEAT_INTERVAL: "500 millis",
-  PE_SWEEP_INTERVAL: "1 second",
-  PE_STALE_AFTER: "5 seconds",
+  PE_SWEEP_INTERVAL: "2 seconds",
+  // Every sweep re-publishes every step waiting longer than this, so it stays above the time a backlog waits here.
+  PE_STALE_AFTER: "10 seconds",
   PE_SHUTDOWN_GRACE: "5 seconds",
   PE_MAX_ATTEMPTS: "unlimited"
 }
