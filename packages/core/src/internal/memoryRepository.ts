@@ -26,7 +26,8 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
         const row = map.get(runId)
         if (row === undefined || !guard(row, at)) return [Option.none(), map]
         const updated: ProgramRecord = { ...row, updatedAt: at, ...change(row, at) }
-        return [Option.some(updated), new Map(map).set(runId, updated)]
+        // In place: copying the map would make every step cost O(programs). Rows themselves are never mutated.
+        return [Option.some(updated), map.set(runId, updated)]
       }))
 
   const holds = (lease: Lease) => (row: ProgramRecord, at: Date) =>
@@ -61,7 +62,7 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             nextRunAt: at,
             corruption: null
           }
-          return [row, new Map(map).set(row.runId, row)]
+          return [row, map.set(row.runId, row)]
         })),
 
     get: find,
