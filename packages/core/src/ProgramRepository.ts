@@ -95,7 +95,10 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
     readonly resume: (
       runId: string
     ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
-    /** Steps that should be running but apparently are not: unfinished, not errored, unleased, due, idle. */
+    /**
+     * Steps that should be running but apparently are not: unfinished, not errored, unleased, due, idle. Marks what
+     * it returns as touched (`updated_at`), so each is returned once per `idleFor`, not at every sweep of every worker.
+     */
     readonly findStale: (query: StaleQuery) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
   }
 >() {

@@ -159,16 +159,17 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
 
     findStale: ({ idleFor, limit }) =>
       Effect.flatMap(now, (at) =>
-        Effect.map(Ref.get(rows), (map) => {
+        Ref.modify(rows, (map) => {
           const idleSince = at.getTime() - Duration.toMillis(idleFor)
-          return Array.from(map.values())
+          const stale = Array.from(map.values())
             .filter((row) =>
               inProgress(row) && (row.lockedUntil === null || row.lockedUntil <= at) &&
               row.nextRunAt.getTime() <= idleSince && row.updatedAt.getTime() <= idleSince
             )
-            .sort((a, b) => a.id - b.id)
+            .sort((a, b) => a.nextRunAt.getTime() - b.nextRunAt.getTime())
             .slice(0, limit)
-            .map((row) => ({ runId: row.runId, step: row.step }))
+          for (const row of stale) map.set(row.runId, { ...row, updatedAt: at })
+          return [stale.map((row) => ({ runId: row.runId, step: row.step })), map]
         }))
   }
 

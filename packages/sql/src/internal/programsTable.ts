@@ -407,14 +407,34 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
       : dialect === "mysql"
       ? sql`DATE_SUB(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
       : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`-${millis / 1000} seconds`})`
-    return Effect.map(
-      sql<
-        { readonly run_id: string; readonly step: number | string }
-      >`SELECT run_id, step FROM ${table} WHERE ${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince} ORDER BY next_run_at LIMIT ${
-        lit(String(Math.max(1, Math.trunc(limit))))
-      }`.withoutTransform,
-      (rows) => rows.map((row): WakeUp => ({ runId: row.run_id, step: Number(row.step) }))
-    )
+    const stale = sql`${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince}`
+    const n = lit(String(Math.max(1, Math.trunc(limit))))
+    type StaleRow = { readonly id: number | string; readonly run_id: string; readonly step: number | string }
+    const toWakeUps = (rows: ReadonlyArray<StaleRow>) =>
+      rows.map((row): WakeUp => ({ runId: row.run_id, step: Number(row.step) }))
+    // Touching `updated_at` marks the rows: each is returned once per idle period, not at every sweep of every worker.
+    switch (dialect) {
+      case "pg":
+        return Effect.map(
+          sql<StaleRow>`UPDATE ${table} SET updated_at = ${now} WHERE id IN (SELECT id FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING id, run_id, step`
+            .withoutTransform,
+          toWakeUps
+        )
+      case "sqlite":
+        return Effect.map(
+          sql<StaleRow>`UPDATE ${table} SET updated_at = ${now} WHERE id IN (SELECT id FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n}) RETURNING id, run_id, step`
+            .withoutTransform,
+          toWakeUps
+        )
+      case "mysql":
+        return sql.withTransaction(Effect.gen(function*() {
+          const rows = yield* sql<StaleRow>`SELECT id, run_id, step FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED`
+            .withoutTransform
+          if (rows.length === 0) return []
+          yield* sql`UPDATE ${table} SET updated_at = ${now} WHERE ${sql.in("id", rows.map((row) => row.id))}`.raw
+          return toWakeUps(rows)
+        }))
+    }
   }
 
   const migrate = makeMigration(client, dialect, tableName)
@@ -447,7 +467,7 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
     releaseAll: retrying(releaseAll),
     cancel: retrying(cancel),
     resume: retrying(resume),
-    findStale,
+    findStale: retrying(findStale),
     migrate
   }
 }
