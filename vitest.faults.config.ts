@@ -13,6 +13,8 @@ export default defineConfig({
     pool: "forks",
     poolOptions: { forks: { singleFork: true } },
     fileParallelism: false,
+    // Scenarios that stop a shared service run only here, never beside the normal suite.
+    env: { PE_FAULTS: "1" },
     passWithNoTests: true
   }
 })
