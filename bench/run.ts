@@ -316,9 +316,15 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     const before = await reader.maxId()
     const started = performance.now()
     creator.send({ t: "create", count: options.programs, concurrency: options.createConcurrency })
-    await creator.next("created")
+    await creator.next("created", 300_000)
     const deadline = started + 300_000
-    while ((await reader.unfinished()) > 0) {
+    // A query on a connection the server dropped (a restart under the bench) may never settle: bound each poll.
+    const poll = () =>
+      Promise.race([
+        reader.unfinished(),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error("polling the table timed out")), 15_000))
+      ])
+    while ((await poll()) > 0) {
       if (performance.now() > deadline) throw new Error(`${backend}: programs still unfinished after 5 minutes`)
       await new Promise((resolve) => setTimeout(resolve, 25))
     }
