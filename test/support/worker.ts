@@ -8,9 +8,11 @@
  * - `PE_TABLE` (programs table), `PE_QUEUE` (queue name), `PE_EXECUTIONS_TABLE` (where jobs record each run; the
  *   test creates it: run_id, step, attempt, pid, job, started_at, finished_at)
  * - `PE_JOB_DURATION` (how long each job takes, default "50 millis")
+ * - `PE_JOBS` (the job names, comma-separated, default `step_a,step_b,step_c`)
+ * - `PE_DUPLICATE_PUBLISH=true`: every wake-up this worker publishes is published twice (duplicate delivery)
  * - the executor's `PE_*` settings (`PE_CONCURRENCY`, `PE_SHUTDOWN_GRACE`, `PE_STALE_AFTER`, `PE_SWEEP_INTERVAL`, …)
  *
- * Jobs `step_a`, `step_b`, `step_c` each insert a row when they start and set its `finished_at` when they end.
+ * Each job inserts a row when it starts and sets its `finished_at` when it ends.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
@@ -18,6 +20,7 @@ import { Executor, ExecutorConfig, Job, JobContext, JobLibrary, RetryableError }
 import { SqlDatabase, SqlProgramRepository } from "@program-executor/sql"
 import { Config, Effect, Layer, Redacted } from "effect"
 import pg from "pg"
+import { duplicatingQueue } from "./duplicatingQueue.js"
 
 class Recorder extends Effect.Tag("test/Recorder")<Recorder, pg.Pool>() {}
 
@@ -26,11 +29,14 @@ const settings = Config.all({
   tableName: Config.string("PE_TABLE"),
   queueName: Config.string("PE_QUEUE"),
   executionsTable: Config.string("PE_EXECUTIONS_TABLE"),
-  jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("50 millis"))
+  jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("50 millis")),
+  jobNames: Config.array(Config.string(), "PE_JOBS").pipe(Config.withDefault(["step_a", "step_b", "step_c"])),
+  duplicatePublish: Config.boolean("PE_DUPLICATE_PUBLISH").pipe(Config.withDefault(false))
 })
 
 const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
-  const { databaseUrl, executionsTable, jobDuration, queueName, tableName } = yield* settings
+  const { databaseUrl, duplicatePublish, executionsTable, jobDuration, jobNames, queueName, tableName } =
+    yield* settings
   if (!/^[a-z_][a-z0-9_]*$/i.test(executionsTable)) return yield* Effect.dieMessage("bad PE_EXECUTIONS_TABLE")
 
   // The recording uses its own small pool, so it does not depend on the repository's internals.
@@ -62,8 +68,10 @@ const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
 
   return Layer.mergeAll(
     SqlProgramRepository.layer({ tableName }),
-    AmqpProgramQueue.layer({ queueName }),
-    JobLibrary.layer(recordingJob("step_a"), recordingJob("step_b"), recordingJob("step_c")),
+    duplicatePublish
+      ? duplicatingQueue.pipe(Layer.provide(AmqpProgramQueue.layer({ queueName })))
+      : AmqpProgramQueue.layer({ queueName }),
+    JobLibrary.layer(...jobNames.map(recordingJob)),
     ExecutorConfig.layerFromEnv()
   ).pipe(
     Layer.provideMerge(recorder),

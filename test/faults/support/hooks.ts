@@ -1,18 +1,3 @@
-/** What the fault worker and the harness share: the job names, and the duplicate-publishing queue hook. */
-import { ProgramQueue } from "@program-executor/core"
-import { Effect, Layer } from "effect"
+/** The jobs of the fault scenarios (the worker is `test/support/worker.ts`, given them in `PE_JOBS`). */
 
 export const jobNames = ["job_1", "job_2", "job_3", "job_4", "job_5"]
-
-/**
- * Every wake-up is published twice, each confirmed: the second stands for a broker redelivery, a racing sweeper or a
- * second publisher. The claim must make the copy harmless.
- */
-export const duplicatingQueue: Layer.Layer<ProgramQueue, never, ProgramQueue> = Layer.effect(
-  ProgramQueue,
-  Effect.map(ProgramQueue, (queue) =>
-    ProgramQueue.of({
-      publish: (message, options) => Effect.zipRight(queue.publish(message, options), queue.publish(message, options)),
-      subscribe: queue.subscribe
-    }))
-)

@@ -1,6 +1,6 @@
 /**
  * A fault scenario's world on PostgreSQL + RabbitMQ: a programs table, a queue and an executions table of its own,
- * a client that creates programs, and worker processes (`./worker.ts`) to start, kill and signal.
+ * a client that creates programs, and worker processes (`test/support/worker.ts`) to start, kill and signal.
  */
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
 import { ProgramExecutor } from "@program-executor/core"
@@ -11,7 +11,8 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
-import { duplicatingQueue, jobNames } from "./hooks.js"
+import { duplicatingQueue } from "../../support/duplicatingQueue.js"
+import { jobNames } from "./hooks.js"
 
 const root = fileURLToPath(new URL("../../..", import.meta.url))
 
@@ -61,6 +62,7 @@ export const rssMiB = (pid: number): number | undefined => {
 export const defaultWorkerEnv: Record<string, string> = {
   PE_CONCURRENCY: "8",
   PE_JOB_DURATION: "20 millis",
+  PE_JOBS: jobNames.join(","),
   PE_LEASE_DURATION: "5 seconds",
   PE_HEARTBEAT_INTERVAL: "500 millis",
   PE_SWEEP_INTERVAL: "2 seconds",
@@ -104,7 +106,7 @@ export const makeWorld = async (options: WorldOptions) => {
   const workers: Array<Worker> = []
 
   const start = (env: Record<string, string> = {}): Worker => {
-    const child = spawn(process.execPath, ["--import", "tsx", "test/faults/support/worker.ts"], {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/support/worker.ts"], {
       cwd: root,
       env: {
         ...process.env,
