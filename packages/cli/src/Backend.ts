@@ -37,14 +37,12 @@ const defined = <A extends Record<string, unknown>>(value: A): { [K in keyof A]:
 export const describe = (options: BackendOptions): string => {
   const table = options.tableName ?? "programs"
   if (options.databaseUrl === undefined) return `SQLite ${options.filename ?? defaultFilename} (table ${table})`
-  const database = redactUrl(options.databaseUrl)
+  const database = SqlDatabase.redactUrl(options.databaseUrl)
   return options.amqpUrl === undefined
     ? `${database} (table ${table}, SQL queue)`
-    : `${database} (table ${table}) + ${redactUrl(options.amqpUrl)} (queue ${options.queueName ?? "default"})`
+    : `${database} (table ${table}) + ${SqlDatabase.redactUrl(options.amqpUrl)} (queue ${options.queueName ?? "default"})`
 }
 
-/** Hides the password of a URL. */
-export const redactUrl = (url: string): string => url.replace(/\/\/([^:@/]+):([^@/]*)@/, "//$1:***@")
 
 export const layer = (
   options: BackendOptions
