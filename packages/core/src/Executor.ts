@@ -23,7 +23,13 @@ import { JobLibrary } from "./JobLibrary.js"
 import type { ProgramRecord } from "./Program.js"
 import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
 import { ProgramQueue, type Delivery, type QueueError } from "./ProgramQueue.js"
-import { ProgramRepository, type Lease, type LeaseStatus, type RepositoryError } from "./ProgramRepository.js"
+import {
+  type ClaimOptions,
+  type Lease,
+  type LeaseStatus,
+  ProgramRepository,
+  type RepositoryError
+} from "./ProgramRepository.js"
 
 /** How a run of a job ended: it completed (well or not), or the lease ended under it. */
 type Outcome =
@@ -48,6 +54,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
       Effect.retry(config.storageRetry)
     )
 
+  // A worker started before its queue is reachable waits for it, however long that takes.
   const subscription = yield* durably(
     "subscribing to the queue",
     queue.subscribe({ prefetch: config.concurrency, claim: claimOptions })
@@ -76,7 +83,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
 
   yield* Effect.forkScoped(sweeper(config, repository, queue))
 
-  const handle = makeHandler(config, repository, queue, library, events, durably)
+  const handle = makeHandler(config, claimOptions, repository, queue, library, events, durably)
   yield* Effect.logInfo("worker started").pipe(
     Effect.annotateLogs({ workerId: config.workerId, concurrency: config.concurrency, jobs: library.names.join(",") })
   )
@@ -110,6 +117,7 @@ const sweeper = (
 
 const makeHandler = (
   config: ExecutorOptions,
+  claimOptions: ClaimOptions,
   repository: ProgramRepository["Type"],
   queue: ProgramQueue["Type"],
   library: JobLibrary["Type"],
@@ -119,8 +127,6 @@ const makeHandler = (
     operation: Effect.Effect<A, E, R>
   ) => Effect.Effect<A, E, R>
 ) => {
-  const claimOptions = { owner: config.workerId, leaseFor: config.leaseDuration }
-
   /** Publishes a wake-up; a failure is logged, never raised: the row is committed and the sweeper will find it. */
   const wake = (runId: string, step: number, delay?: Duration.Duration) =>
     durably("publishing the next step", queue.publish({ runId, step }, delay === undefined ? {} : { delay })).pipe(
