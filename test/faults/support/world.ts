@@ -66,7 +66,7 @@ export const defaultWorkerEnv: Record<string, string> = {
   PE_LEASE_DURATION: "5 seconds",
   PE_HEARTBEAT_INTERVAL: "500 millis",
   PE_SWEEP_INTERVAL: "2 seconds",
-  // Every sweep re-publishes every step waiting longer than this, so it stays above the time a backlog waits here.
+  // A step waiting longer than this is re-published (once per period): kept above the time a backlog waits here.
   PE_STALE_AFTER: "10 seconds",
   PE_SHUTDOWN_GRACE: "5 seconds",
   PE_MAX_ATTEMPTS: "unlimited"
