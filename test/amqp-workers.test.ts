@@ -12,6 +12,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { serviceUrl } from "../packages/core/test/utils/services.js"
+import { createExecutionsTable } from "./support/executions.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 const jobs = ["step_a", "step_b", "step_c"]
@@ -59,9 +60,7 @@ const makeWorld = async (databaseUrl: string, amqpUrl: string) => {
   const name = `e2e_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
   const executionsTable = `${name}_exec`
   const db = new pg.Pool({ connectionString: databaseUrl, max: 2 })
-  await db.query(`CREATE TABLE ${executionsTable} (
-    id serial PRIMARY KEY, run_id text NOT NULL, step int NOT NULL, attempt int NOT NULL, pid int NOT NULL,
-    job text NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz)`)
+  await createExecutionsTable(db, executionsTable)
   const client = ManagedRuntime.make(
     ProgramExecutor.layer.pipe(
       Layer.provideMerge(Layer.mergeAll(

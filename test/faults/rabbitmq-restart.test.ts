@@ -18,6 +18,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
+import { createExecutionsTable } from "../support/executions.js"
 
 const enabled = process.env.PE_FAULTS === "1"
 const root = fileURLToPath(new URL("../..", import.meta.url))
@@ -60,9 +61,7 @@ describeFault("RabbitMQ restart under running workers", () => {
     const name = `fault_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
     const executionsTable = `${name}_exec`
     const db = new pg.Pool({ connectionString: databaseUrl!, max: 2 })
-    await db.query(`CREATE TABLE ${executionsTable} (
-      id serial PRIMARY KEY, run_id text NOT NULL, step int NOT NULL, attempt int NOT NULL, pid int NOT NULL,
-      job text NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz)`)
+    await createExecutionsTable(db, executionsTable)
     const client = ManagedRuntime.make(
       ProgramExecutor.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(

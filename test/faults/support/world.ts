@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { duplicatingQueue } from "../../support/duplicatingQueue.js"
 import { jobNames } from "./hooks.js"
+import { createExecutionsTable } from "../../support/executions.js"
 
 const root = fileURLToPath(new URL("../../..", import.meta.url))
 
@@ -87,9 +88,7 @@ export const makeWorld = async (options: WorldOptions) => {
   const name = `${options.prefix}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`
   const executionsTable = `${name}_exec`
   const db = new pg.Pool({ connectionString: options.databaseUrl, max: 3 })
-  await db.query(`CREATE TABLE ${executionsTable} (
-    id serial PRIMARY KEY, run_id text NOT NULL, step int NOT NULL, attempt int NOT NULL, pid int NOT NULL,
-    job text NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz)`)
+  await createExecutionsTable(db, executionsTable)
   const queue = AmqpProgramQueue.layer({ queueName: name })
   const client = ManagedRuntime.make(
     ProgramExecutor.layer.pipe(
