@@ -5,19 +5,24 @@
  */
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as FiberSet from "effect/FiberSet"
+import * as HashMap from "effect/HashMap"
+import * as HashSet from "effect/HashSet"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
+import * as Tracer from "effect/Tracer"
 import type * as Job from "./Job.js"
 import { ExecutorConfig, type ExecutorOptions } from "./ExecutorConfig.js"
 import { classify, type Failure } from "./internal/classify.js"
 import * as metrics from "./internal/metrics.js"
-import { nthDelay } from "./internal/retry.js"
+import { nthDelay, retryOnFailure } from "./internal/retry.js"
 import { JobContext, type JobContextShape } from "./JobContext.js"
 import { ExecutionTimeExceededError, RetryableError } from "./JobError.js"
 import { JobLibrary } from "./JobLibrary.js"
@@ -37,12 +42,44 @@ type Outcome =
   | { readonly _tag: "Completed"; readonly exit: Exit.Exit<unknown, unknown> }
   | { readonly _tag: "LeaseEnded"; readonly status: Exclude<LeaseStatus, "held"> }
 
-/** A step whose job runs here; `ended` is set when the heartbeat found its lease gone (and interrupted the job). */
+/**
+ * A step whose job runs here, on its handler's fiber; `ended` is set when the heartbeat found its lease gone (and
+ * interrupted the job).
+ */
 interface LeasedStep {
   readonly lease: Lease
-  readonly job: Fiber.RuntimeFiber<unknown, unknown>
-  ended?: LeaseStatus
+  readonly handler: Fiber.RuntimeFiber<unknown, unknown>
+  ended?: Exclude<LeaseStatus, "held">
 }
+
+/**
+ * Runs a claimed step's handling in its span, with its log annotations. The handler's fiber is the step's own (one
+ * per delivery, never joined), so both are set on it for good instead of scoped with `Effect.withSpan` and
+ * `Effect.annotateLogs`, whose restoring of the previous values cost about a tenth of a step's CPU.
+ */
+const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const attempt = program.stepRetryCount + 1
+  return Effect.useSpan(
+    "program-executor.step",
+    {
+      attributes: { runId: program.runId, step: program.step, job: program.jobs[program.step] ?? "", attempt },
+      captureStackTrace: false
+    },
+    (span) =>
+      FiberRef.update(FiberRef.currentContext, Context.add(Tracer.ParentSpan, span)).pipe(
+        Effect.zipRight(FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
+          HashMap.mutate(annotations, (mutable) => {
+            HashMap.set(mutable, "runId", program.runId)
+            HashMap.set(mutable, "step", program.step)
+            HashMap.set(mutable, "job", program.jobs[program.step] ?? "")
+            HashMap.set(mutable, "attempt", attempt)
+          }))),
+        Effect.zipRight(handling)
+      )
+  )
+}
+
+const currentFiber = Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) => Effect.succeed(fiber))
 
 const keyOf = (lease: Lease) => `${lease.runId}\u0000${lease.step}`
 
@@ -59,9 +96,9 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
 
   /** A database or broker operation, retried while the service is unavailable. */
   const durably = <A, E extends RepositoryError | QueueError, R>(what: string, operation: Effect.Effect<A, E, R>) =>
-    operation.pipe(
-      Effect.tapError((error) => Effect.logWarning(`${what} failed, retrying: ${error.message}`)),
-      Effect.retry(config.storageRetry)
+    retryOnFailure(
+      Effect.tapError(operation, (error) => Effect.logWarning(`${what} failed, retrying: ${error.message}`)),
+      config.storageRetry
     )
 
   // A worker started before its queue is reachable waits for it, however long that takes.
@@ -208,16 +245,28 @@ const makeHandler = (
         Effect.flatMap((status) => {
           if (status === "held" || leased.get(keyOf(entry.lease)) !== entry) return Effect.void
           entry.ended = status
-          return Fiber.interruptFork(entry.job)
+          return Fiber.interruptFork(entry.handler)
         })
       ), { concurrency: 8, discard: true })
   ).pipe(Effect.delay(config.heartbeatInterval), Effect.forever)
 
-  const runJob = (job: Job.Job, program: ProgramRecord, lease: Lease): Effect.Effect<Outcome> =>
+  /**
+   * Runs the job on the handler's own fiber, interruptible only while it runs (`restore`): a fiber per job cost about
+   * a sixth of a step's CPU. The heartbeat loop interrupts this fiber when the lease ends; shutdown interrupts it too,
+   * which gives the step back and ends the handling.
+   */
+  const runJob = (
+    job: Job.Job,
+    program: ProgramRecord,
+    lease: Lease,
+    delivery: Delivery,
+    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  ): Effect.Effect<Outcome> =>
     Effect.gen(function*() {
       const startedAt = yield* Clock.currentTimeMillis
-      const timeout = Option.orElse(Option.fromNullable(job.options.timeout).pipe(Option.map(Duration.decode)), () =>
-        config.jobTimeout)
+      const timeout = job.options.timeout === undefined
+        ? config.jobTimeout
+        : Option.some(Duration.decode(job.options.timeout))
       const body = Option.match(timeout, {
         onNone: () => job.run,
         onSome: (duration) =>
@@ -226,24 +275,22 @@ const makeHandler = (
             onTimeout: () => new RetryableError({ message: `timed out after ${Duration.format(duration)}` })
           })
       })
-      const fiber = yield* Effect.fork(
-        Effect.provideService(body, JobContext, jobContext(program, lease, job.name, startedAt))
-      )
-      const entry: LeasedStep = {
-        lease,
-        job: fiber
-      }
+      const entry: LeasedStep = { lease, handler: yield* currentFiber }
       leased.set(keyOf(lease), entry)
-      const exit = yield* Fiber.await(fiber).pipe(Effect.ensuring(Effect.sync(() => leased.delete(keyOf(lease)))))
-      const outcome: Outcome = entry.ended === undefined || entry.ended === "held"
-        ? { _tag: "Completed", exit }
-        : { _tag: "LeaseEnded", status: entry.ended }
+      const exit = yield* Effect.exit(
+        restore(Effect.provideService(body, JobContext, jobContext(program, lease, job.name, startedAt)))
+      )
+      leased.delete(keyOf(lease))
+      if (entry.ended !== undefined) return { _tag: "LeaseEnded", status: entry.ended }
+      // Interrupted from outside, not by the heartbeat: shutting down. (A job interrupting itself is a failure like
+      // any other.) Give the step back so it runs again, here or on another worker.
+      if (Exit.isInterrupted(exit) && HashSet.size((yield* Effect.descriptor).interruptors) > 0) {
+        yield* repository.release(lease).pipe(Effect.ignore, Effect.zipRight(delivery.nack))
+        return yield* Effect.interrupt
+      }
       yield* Metric.update(metrics.jobDuration, ((yield* Clock.currentTimeMillis) - startedAt) / 1000)
-      return outcome
-    }).pipe(
-      // Per-step spans capture no stack: an Error per step cost more than the span itself (see BENCHMARKS.md).
-      Effect.withSpan("program-executor.job", { attributes: { job: job.name }, captureStackTrace: false })
-    )
+      return { _tag: "Completed", exit }
+    })
 
   /** The step completed: move the program on, wake the next step, then (by the caller) ack. */
   const advance = (program: ProgramRecord, lease: Lease, job: string, startedAt: number) =>
@@ -374,12 +421,7 @@ const makeHandler = (
           attempt: program.stepRetryCount + 1
         })
       )
-      const outcome = yield* restore(runJob(job, program, lease)).pipe(
-        Effect.onInterrupt(() =>
-          // Shutdown: give the step back so it runs again, here or on another worker.
-          repository.release(lease).pipe(Effect.ignore, Effect.zipRight(delivery.nack))
-        )
-      )
+      const outcome = yield* runJob(job, program, lease, delivery, restore)
       if (outcome._tag === "LeaseEnded") {
         return yield* outcome.status === "cancelled"
           ? Effect.logInfo("program was cancelled while its job ran; job interrupted").pipe(
@@ -393,18 +435,7 @@ const makeHandler = (
       return yield* failure._tag === "Retry"
         ? retry(program, lease, job, failure)
         : stop(program, lease, jobName, failure)
-    }).pipe(
-      Effect.annotateLogs({
-        runId: program.runId,
-        step: program.step,
-        job: program.jobs[program.step] ?? "",
-        attempt: program.stepRetryCount + 1
-      }),
-      Effect.withSpan("program-executor.step", {
-        attributes: { runId: program.runId, step: program.step, attempt: program.stepRetryCount + 1 },
-        captureStackTrace: false
-      })
-    )
+    }).pipe(inStep(program))
 
   const handle = (delivery: Delivery): Effect.Effect<void> =>
     Effect.uninterruptibleMask((restore) =>
@@ -425,8 +456,7 @@ const makeHandler = (
             Effect.zipRight(delivery.nack)
           )
         ),
-        Effect.annotateLogs({ runId: delivery.message.runId, step: delivery.message.step })
       )
-    )
+    ).pipe(Effect.annotateLogs({ runId: delivery.message.runId, step: delivery.message.step }))
   return { handle, keepLeases }
 }

@@ -2,7 +2,7 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import type * as Schedule from "effect/Schedule"
+import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleIntervals from "effect/ScheduleIntervals"
 
@@ -29,3 +29,22 @@ export const nthDelay = (
     }
     return Option.some(Duration.millis(Math.max(0, now - previous)))
   })
+
+/**
+ * `Effect.retry(effect, schedule)`, with the retry set up only once the effect has failed: `Effect.retry` builds a
+ * schedule driver on every call, a cost every successful database write would otherwise pay. The first failure is
+ * the schedule's first input, exactly as with `Effect.retry`.
+ */
+export const retryOnFailure = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  schedule: Schedule.Schedule<unknown, unknown>
+): Effect.Effect<A, E, R> =>
+  Effect.catchAll(effect, (first) =>
+    Effect.flatMap(Schedule.driver(schedule), (driver) => {
+      const after = (error: E): Effect.Effect<A, E, R> =>
+        Effect.matchEffect(driver.next(error), {
+          onFailure: () => Effect.fail(error),
+          onSuccess: () => Effect.catchAll(effect, after)
+        })
+      return after(first)
+    }))

@@ -272,12 +272,14 @@ export const executorConformance = (
           }))
       }))
 
-    it.scopedLive("a fatal failure, a defect or a thrown error stop the program where it happened", () =>
+    it.scopedLive("a fatal failure, a defect, a thrown error or a job interrupting itself stop the program where it happened", () =>
       Effect.gen(function*() {
         const log = yield* Ref.make<ReadonlyArray<Execution>>([])
         const jobs = [
           Job.make("fatal", Effect.fail(new FatalError({ message: "bad input" }))),
           Job.make("defect", Effect.die(new Error("boom"))),
+          // Runs on the handler's fiber: its own interruption must not pass for a shutdown (which gives the step back).
+          Job.make("interrupts", Effect.interrupt),
           Job.fromPromise("throws", async () => {
             throw new TypeError("undefined is not a function")
           }),
@@ -291,20 +293,21 @@ export const executorConformance = (
           Effect.gen(function*() {
             yield* workers.start()
             const create = (first: string) => ProgramExecutor.createProgram({ jobs: ["next", first, "next"] })
-            const [fatal, defect, throws, seed] = yield* Effect.forEach(
-              ["fatal", "defect", "throws", "seed_retryable"],
+            const [fatal, defect, interrupts, throws, seed] = yield* Effect.forEach(
+              ["fatal", "defect", "interrupts", "throws", "seed_retryable"],
               create
             )
-            const programs = yield* awaitAll([fatal!, defect!, throws!, seed!])
+            const programs = yield* awaitAll([fatal!, defect!, interrupts!, throws!, seed!])
             expect(programs.map((program) => [program.step, program.errorMessage, program.erroredAt !== null])).toEqual(
               [
                 [1, "bad input", true],
                 [1, "boom", true],
+                [1, "job was interrupted", true],
                 [1, "undefined is not a function", true],
                 [2, "try again", false]
               ]
             )
-            expect((yield* Ref.get(log)).length).toBe(4 + 1)
+            expect((yield* Ref.get(log)).length).toBe(5 + 1)
           }))
       }))
 
