@@ -4,10 +4,9 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -15,6 +14,10 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import Pg from "pg"
+import * as preparedStatements from "./internal/preparedStatements.js"
+import { PreparedStatements } from "./internal/preparedStatements.js"
+import * as sqliteClient from "./internal/sqliteClient.js"
 
 /** The URL names no supported database, or cannot be parsed. The message never contains its password. */
 export class InvalidDatabaseUrlError extends Schema.TaggedError<InvalidDatabaseUrlError>()("InvalidDatabaseUrlError", {
@@ -29,6 +32,8 @@ export interface Options {
   readonly connectRetry?: Schedule.Schedule<unknown, unknown>
   /** SQLite: how long a writer waits for another process's lock. Default 5 seconds. */
   readonly busyTimeout?: Duration.DurationInput
+  /** PostgreSQL: the pool's size. Default 10. */
+  readonly maxConnections?: number
 }
 
 export const defaultConnectRetry: Schedule.Schedule<unknown, unknown> = Schedule.exponential("200 millis", 2).pipe(
@@ -93,23 +98,59 @@ export const parseUrl = (url: string | Redacted.Redacted): Effect.Effect<Target,
     }
   })
 
-/** SQLite tuned for the executor: WAL (the client's default), synchronous=NORMAL, a busy timeout. */
+/** SQLite tuned for the executor: WAL, synchronous=NORMAL, a busy timeout; and its prepared hot statements. */
 export const layerSqlite = (
   filename: string,
   options: Pick<Options, "busyTimeout"> = {}
-): Layer.Layer<SqlClient.SqlClient, SqlError> =>
+): Layer.Layer<SqlClient.SqlClient | PreparedStatements, SqlError> =>
+  Layer.scopedContext(Effect.map(
+    sqliteClient.make({
+      filename,
+      busyTimeoutMillis: Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds"))
+    }),
+    ({ client, prepared }) => Context.make(SqlClient.SqlClient, client).pipe(Context.add(PreparedStatements, prepared))
+  )).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * PostgreSQL on a `pg` pool of our own, shared by the `SqlClient` and the executor's named hot statements. The pool
+ * holds `maxConnections` connections (default 10, as `pg`'s).
+ */
+const layerPg = (url: Redacted.Redacted, options: Options): Layer.Layer<SqlClient.SqlClient | PreparedStatements, SqlError> =>
   Layer.scopedContext(Effect.gen(function*() {
-    const client = yield* SqliteClient.make({ filename })
-    const busy = Math.round(Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds")))
-    yield* client.unsafe(`PRAGMA busy_timeout = ${busy}`).unprepared
-    yield* client`PRAGMA synchronous = NORMAL`.unprepared
-    return Context.make(SqliteClient.SqliteClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+    const pool = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: async () => {
+          const pool = new Pg.Pool({
+            connectionString: Redacted.value(url),
+            application_name: "program-executor",
+            max: options.maxConnections ?? 10,
+            connectionTimeoutMillis: 5_000
+          })
+          // An idle connection the server dropped: the pool replaces it; nothing to crash for.
+          pool.on("error", () => {})
+          try {
+            await pool.query("SELECT 1")
+          } catch (cause) {
+            await pool.end().catch(() => undefined)
+            throw cause
+          }
+          return pool
+        },
+        catch: (cause) => new SqlError({ cause, message: "PgClient: Failed to connect" })
+      }),
+      (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption("1 second"))
+    )
+    const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool) })
+    return Context.make(PgClient.PgClient, client).pipe(
+      Context.add(SqlClient.SqlClient, client),
+      Context.add(PreparedStatements, preparedStatements.onPgPool(pool))
+    )
   })).pipe(Layer.provide(Reactivity.layer))
 
 const clientLayer = (target: Target, options: Options): Layer.Layer<SqlClient.SqlClient, SqlError> => {
   switch (target._tag) {
     case "pg":
-      return PgClient.layer({ url: target.url })
+      return layerPg(target.url, options)
     case "mysql":
       return Layer.scopedContext(Effect.map(MysqlClient.make({
         host: target.host,

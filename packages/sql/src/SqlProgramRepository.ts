@@ -15,6 +15,7 @@ import {
   toRepositoryError,
   validateTableName
 } from "./internal/programsTable.js"
+import { PreparedStatements } from "./internal/preparedStatements.js"
 
 export { InvalidTableNameError }
 
@@ -30,7 +31,8 @@ export const makeTable = (
   Effect.gen(function*() {
     const tableName = yield* validateTableName(options.tableName)
     const sql = yield* SqlClient.SqlClient
-    const table = makeStatements(sql, yield* dialectOf(sql), tableName)
+    const prepared = yield* Effect.serviceOption(PreparedStatements)
+    const table = makeStatements(sql, yield* dialectOf(sql), tableName, Option.getOrUndefined(prepared))
     yield* table.migrate
     return table
   })

@@ -14,7 +14,7 @@ import {
   ProgramExecutor,
   ProgramRepository
 } from "@program-executor/core"
-import { Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
 import { rmSync } from "node:fs"
 import { describeWithService } from "../../core/test/utils/services.js"
 import { SqlDatabase, SqlProgramExecutor, SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
@@ -233,6 +233,44 @@ describe("SQLite", () => {
       }).pipe(Effect.scoped, Effect.provide(Layer.merge(embedded, JobLibrary.layer(job))))
       rmSync(filename, { force: true })
     }).pipe(Effect.provide(quiet)), { timeout: 60_000 })
+
+  it.live("a claim or advance made while the application holds a transaction waits for it and is not part of it", () => {
+    const tableName = uniqueTable("tx")
+    return Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const repository = yield* ProgramRepository
+      const program = yield* repository.insert({ runId: "tx-1", jobs: ["a", "b"], programData: {}, jobData: {} })
+      const owner = { owner: "w", leaseFor: Duration.seconds(30) }
+      const inTransaction = yield* Deferred.make<void>()
+      const rollBack = yield* Deferred.make<void>()
+      // The application's transaction: it writes, waits, then fails (rolls back).
+      const transaction = yield* sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`UPDATE ${sql(tableName)} SET error_message = 'app' WHERE run_id = 'tx-1'`
+          yield* Deferred.succeed(inTransaction, undefined)
+          yield* Deferred.await(rollBack)
+          return yield* Effect.fail("rolled back")
+        })
+      ).pipe(Effect.exit, Effect.fork)
+      yield* Deferred.await(inTransaction)
+      const claim = yield* Effect.fork(repository.claim({ runId: program.runId, step: 0 }, owner))
+      yield* Effect.yieldNow().pipe(Effect.repeatN(100))
+      expect(Option.isNone(yield* Fiber.poll(claim))).toBe(true) // waiting for the transaction
+      yield* Deferred.succeed(rollBack, undefined)
+      expect(Exit.isFailure(yield* Fiber.join(transaction))).toBe(true)
+      expect(Option.isSome(yield* Fiber.join(claim))).toBe(true)
+      const lease = { runId: program.runId, step: 0, owner: "w" }
+      expect(yield* repository.advance(lease, { finished: false })).toBe(true)
+      // Both survived the rollback (they ran after it, outside the transaction); its write did not.
+      const row = Option.getOrThrow(yield* repository.get(program.runId))
+      expect([row.step, row.lockedBy, row.errorMessage]).toEqual([1, null, null])
+    }).pipe(
+      Effect.provide(Layer.provideMerge(SqlProgramRepository.layer({ tableName }), database("sqlite", tableName))),
+      Effect.ensuring(Effect.sync(() => {
+        for (const suffix of ["", "-wal", "-shm"]) rmSync(`${sqliteFile(tableName)}${suffix}`, { force: true })
+      }))
+    )
+  }, { timeout: 30_000 })
 })
 
 describeWithService("DATABASE_URL", "PostgreSQL", (url) => {

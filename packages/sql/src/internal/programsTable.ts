@@ -11,6 +11,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import { type PreparedStatementsService, viaClient } from "./preparedStatements.js"
 
 /** The table name is not a safe SQL identifier. Raised before any SQL is sent. */
 export class InvalidTableNameError extends Schema.TaggedError<InvalidTableNameError>()("InvalidTableNameError", {
@@ -45,6 +46,9 @@ const isTransientLock = (error: SqlError) => {
   const errno = (error.cause as { errno?: unknown } | undefined)?.errno
   return errno === 1213 || errno === 1205
 }
+
+/** What MySQL's `raw` result says an UPDATE changed. */
+const affectedRows = (result: unknown) => (result as { affectedRows?: number }).affectedRows ?? 0
 
 const causeMessage = (cause: unknown) =>
   cause instanceof Error && cause.message !== "" ? ` (${cause.message})` : ""
@@ -181,8 +185,16 @@ export const dialectOf = (sql: SqlClient.SqlClient): Effect.Effect<Dialect, Repo
       Effect.fail(new RepositoryError({ message: "unsupported SQL dialect: use PostgreSQL, MySQL/MariaDB or SQLite" }))
   })
 
-/** The statements of one table. Builds nothing per call but the statement itself: no table checks, no re-reads. */
-export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
+/**
+ * The statements of one table. Builds nothing per call but the statement itself: no table checks, no re-reads. The
+ * hot ones (claim, advance) are fixed texts run through `prepared`.
+ */
+export const makeStatements = (
+  client: SqlClient.SqlClient,
+  dialect: Dialect,
+  tableName: string,
+  prepared: PreparedStatementsService = viaClient(client)
+) => {
   const sql = client
   const table = sql(tableName)
   const lit = sql.literal
@@ -221,10 +233,7 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
   /** A guarded write: true when it changed the row. MySQL has no UPDATE … RETURNING: it reports affected rows. */
   const update = (set: Statement.Fragment, where: Statement.Fragment): Effect.Effect<boolean, SqlError> =>
     dialect === "mysql"
-      ? Effect.map(
-        sql`UPDATE ${table} SET ${set} WHERE ${where}`.raw,
-        (result) => ((result as { affectedRows?: number }).affectedRows ?? 0) > 0
-      )
+      ? Effect.map(sql`UPDATE ${table} SET ${set} WHERE ${where}`.raw, (result) => affectedRows(result) > 0)
       : Effect.map(sql`UPDATE ${table} SET ${set} WHERE ${where} RETURNING id`.withoutTransform, (rows) =>
         rows.length > 0)
 
@@ -275,13 +284,74 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
     )
   }
 
-  const claimable = (target: WakeUp) =>
-    sql`run_id = ${target.runId} AND step = ${target.step} AND ${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
-  const takeLease = (owner: string, leaseFor: Duration.Duration) =>
-    sql`locked_by = ${owner}, locked_until = ${plus(leaseFor)}, updated_at = ${now}`
+  // -------------------------------------------------------------------------------------------------------------------
+  // The hot statements: texts fixed here, parameters bound per call, run prepared (see `PreparedStatements`).
 
-  const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) =>
-    updateReturning(takeLease(owner, leaseFor), claimable(target), target.runId)
+  const placeholder = dialect === "pg" ? (n: number) => `$${n}` : () => "?"
+  // A validated identifier (see `validateTableName`): quoting is all it needs.
+  const quotedTable = dialect === "mysql" ? `\`${tableName}\`` : `"${tableName}"`
+  const nowText = dialect === "pg" ? "now()" : dialect === "mysql" ? "UTC_TIMESTAMP(3)" : "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+  /** The database clock plus the duration bound at placeholder `n`, and that parameter's value (as `plus`). */
+  const plusText = (n: number) =>
+    dialect === "pg"
+      ? `(now() + make_interval(secs => ${placeholder(n)}::double precision))`
+      : dialect === "mysql"
+      ? `DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${placeholder(n)} MICROSECOND)`
+      : `strftime('%Y-%m-%d %H:%M:%f', 'now', ${placeholder(n)})`
+  const plusParam = (duration: Duration.Duration) => {
+    const millis = Math.max(0, Math.round(Duration.toMillis(duration)))
+    return dialect === "pg" ? millis / 1000 : dialect === "mysql" ? millis * 1000 : `+${millis / 1000} seconds`
+  }
+  const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
+  const dueText = `${inProgressText} AND next_run_at <= ${nowText} AND (locked_until IS NULL OR locked_until <= ${nowText})`
+  const columnsText = "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, " +
+    "error_message, created_at, updated_at, locked_by, locked_until, next_run_at"
+  // Parameters: owner, lease duration.
+  const takeLeaseText = `locked_by = ${placeholder(1)}, locked_until = ${plusText(2)}, updated_at = ${nowText}`
+
+  // Parameters: owner, lease duration, run id, step.
+  const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(3)} AND step = ${
+    placeholder(4)
+  } AND ${dueText}`
+  const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) => {
+    const params = [owner, plusParam(leaseFor), target.runId, target.step]
+    return dialect === "mysql"
+      ? Effect.flatMap(sql.unsafe(claimText, params).raw, (result) =>
+        affectedRows(result) > 0 ? selectOne(target.runId) : Effect.succeed(undefined))
+      : Effect.map(
+        prepared.run(`${claimText} RETURNING ${columnsText}`, params),
+        (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row)
+      )
+  }
+
+  // Parameters: run id, step, owner.
+  const holdsText = `run_id = ${placeholder(1)} AND step = ${placeholder(2)} AND locked_by = ${
+    placeholder(3)
+  } AND locked_until > ${nowText} AND ${inProgressText}`
+  const releasedText = "locked_by = NULL, locked_until = NULL"
+  const advanceTexts = {
+    next: `UPDATE ${quotedTable} SET ${releasedText}, step = step + 1, step_retry_count = 0, next_run_at = ${nowText}, updated_at = ${nowText} WHERE ${holdsText}`,
+    finished: `UPDATE ${quotedTable} SET ${releasedText}, finished_at = ${nowText}, step_retry_count = 0, updated_at = ${nowText} WHERE ${holdsText}`
+  }
+  /** Moves the program on, guarded by the lease; true when it did. */
+  const advance = (lease: Lease, finished: boolean): Effect.Effect<boolean, SqlError> => {
+    const text = finished ? advanceTexts.finished : advanceTexts.next
+    const params = [lease.runId, lease.step, lease.owner]
+    return dialect === "mysql"
+      ? Effect.map(sql.unsafe(text, params).raw, (result) => affectedRows(result) > 0)
+      : Effect.map(prepared.run(`${text} RETURNING id`, params), (rows) => rows.length > 0)
+  }
+
+  // Parameters: owner, lease duration, limit.
+  const claimNextTexts = {
+    pg: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
+      placeholder(3)
+    } FOR UPDATE SKIP LOCKED) RETURNING ${columnsText}`,
+    // One writer at a time: the subquery and the update are one atomic statement.
+    sqlite: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
+      placeholder(3)
+    }) RETURNING ${columnsText}`
+  }
 
   const due = sql`${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
 
@@ -291,27 +361,22 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
     leaseFor: Duration.Duration,
     limit: number
   ): Effect.Effect<ReadonlyArray<ProgramRecord>, SqlError> => {
-    const n = lit(String(Math.max(1, Math.trunc(limit))))
+    const n = Math.max(1, Math.trunc(limit))
     switch (dialect) {
       case "pg":
-        return Effect.map(
-          sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING ${columns}`
-            .withoutTransform,
-          (rows) => rows.map((row) => decodeRow(row))
-        )
       case "sqlite":
-        // One writer at a time: the subquery and the update are one atomic statement.
         return Effect.map(
-          sql<Row>`UPDATE ${table} SET ${takeLease(owner, leaseFor)} WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n}) RETURNING ${columns}`
-            .withoutTransform,
-          (rows) => rows.map((row) => decodeRow(row))
+          prepared.run(claimNextTexts[dialect], [owner, plusParam(leaseFor), n]),
+          (rows) => rows.map((row) => decodeRow(row as Row))
         )
       case "mysql":
         // No UPDATE … RETURNING: lock the rows (skipping locked ones), lease them, and return them as leased.
         return sql.withTransaction(Effect.gen(function*() {
           const rows = yield* sql<
             Row & { readonly db_until: unknown }
-          >`SELECT ${columns}, ${plus(leaseFor)} AS db_until FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED`
+          >`SELECT ${columns}, ${plus(leaseFor)} AS db_until FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${
+            lit(String(n))
+          } FOR UPDATE SKIP LOCKED`
             .withoutTransform
           if (rows.length === 0) return []
           const until = rows[0]!.db_until
@@ -351,14 +416,6 @@ export const makeStatements = (client: SqlClient.SqlClient, dialect: Dialect, ta
       }, json(${text})), updated_at = ${now}`
     return update(set, holds(lease))
   }
-
-  const advance = (lease: Lease, finished: boolean) =>
-    update(
-      finished
-        ? sql`${released}, finished_at = ${now}, step_retry_count = 0, updated_at = ${now}`
-        : sql`${released}, step = step + 1, step_retry_count = 0, next_run_at = ${now}, updated_at = ${now}`,
-      holds(lease)
-    )
 
   const scheduleRetry = (lease: Lease, errorMessage: string, delay: Duration.Duration, countAttempt: boolean) =>
     update(

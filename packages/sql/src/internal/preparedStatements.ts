@@ -1,0 +1,52 @@
+/**
+ * The executor's few hot statements (claim, advance) run by their SQL text, prepared once per connection, beside the
+ * `SqlClient` and on the same database. Through @effect/sql each statement pays for a span, a scope, a compile and a
+ * cache lookup by hashing its text: about 25 µs, as much as SQLite needs to run it (BENCHMARKS.md). PostgreSQL gets
+ * named (prepared) statements, which @effect/sql-pg does not send: the server plans each once per connection.
+ *
+ * `SqlDatabase.layer` provides this for PostgreSQL and SQLite. Without it (a `SqlClient` built elsewhere, MySQL) the
+ * statements go through the client as any other.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import type Pg from "pg"
+import { createHash } from "node:crypto"
+
+export interface PreparedStatementsService {
+  /** Runs `sql` (placeholders `$1…` on PostgreSQL, `?` elsewhere) and returns its rows, untransformed. */
+  readonly run: (sql: string, params: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<any>, SqlError>
+}
+
+export class PreparedStatements extends Context.Tag("@program-executor/sql/PreparedStatements")<
+  PreparedStatements,
+  PreparedStatementsService
+>() {}
+
+/** Through the client, like any statement: for databases and clients this package does not own. */
+export const viaClient = (sql: SqlClient.SqlClient): PreparedStatementsService => ({
+  run: (text, params) => sql.unsafe(text, params).withoutTransform
+})
+
+/** Named statements on a `pg` pool: each connection prepares a text once and then only binds and executes it. */
+export const onPgPool = (pool: Pg.Pool): PreparedStatementsService => {
+  const names = new Map<string, string>()
+  const nameOf = (text: string) => {
+    let name = names.get(text)
+    if (name === undefined) {
+      name = `program_executor_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`
+      names.set(text, name)
+    }
+    return name
+  }
+  return {
+    run: (text, params) =>
+      Effect.async<ReadonlyArray<any>, SqlError>((resume) => {
+        pool.query({ name: nameOf(text), text, values: params as Array<unknown> }, (error, result) => {
+          if (error) resume(Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" })))
+          else resume(Effect.succeed(result.rows))
+        })
+      })
+  }
+}
