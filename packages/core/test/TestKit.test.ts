@@ -14,7 +14,7 @@ import {
   QueueError,
   RetryableError
 } from "@program-executor/core"
-import { Chunk, Duration, Effect, Fiber, Layer, Ref, Schedule, Stream } from "effect"
+import { Chunk, Duration, Effect, Fiber, Layer, Option, Ref, Schedule, Stream, Tracer } from "effect"
 
 const failTimes = (name: string, times: number, counter: Ref.Ref<number>) =>
   Job.make(
@@ -167,6 +167,33 @@ describe("ProgramExecutorTest", () => {
         "StepFinished",
         "ProgramFinished"
       ])
+    }))
+
+  it.effect("with a tracer installed, each step runs in a span that is the parent of the job's spans", () =>
+    Effect.gen(function*() {
+      const spans: Array<Tracer.Span> = []
+      const builtIn = yield* Effect.tracer
+      // Any tracer but Effect's built-in one (which exports nothing) counts as installed.
+      const recording = Tracer.make({
+        span: (name, parent, context, links, startTime, kind, options) => {
+          const span = builtIn.span(name, parent, context, links, startTime, kind, options)
+          spans.push(span)
+          return span
+        },
+        context: (f) => f()
+      })
+      const job = Job.make("a", Effect.withSpan(Effect.void, "inside the job"))
+      yield* ProgramExecutor.createProgram({ jobs: ["a", "a"] }).pipe(
+        Effect.zipRight(ProgramExecutorTest.runUntilIdle()),
+        Effect.provide(ProgramExecutorTest.layer({ jobs: [job] })),
+        Effect.scoped,
+        Effect.withTracer(recording)
+      )
+      const steps = spans.filter((span) => span.name === "program-executor.step")
+      expect(steps.map((span) => [span.attributes.get("step"), span.attributes.get("job")])).toEqual([[0, "a"], [1, "a"]])
+      const inside = spans.filter((span) => span.name === "inside the job")
+      expect(inside.map((span) => Option.getOrThrow(span.parent).spanId)).toEqual(steps.map((span) => span.spanId))
+      expect(steps.every((span) => span.status._tag === "Ended")).toBe(true)
     }))
 
   it.effect("runUntilIdle reports programs that cannot finish", () =>
