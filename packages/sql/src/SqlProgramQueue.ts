@@ -90,15 +90,20 @@ export const make = (
     const table = yield* makeTable(options)
     const sql = yield* SqlClient.SqlClient
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
-    // Wake-ups for idle consumers of this process. Sliding with room for one: a wake-up that arrives while a
-    // consumer is busy claiming is kept, so it looks again instead of sleeping through it.
-    const wakeups = yield* PubSub.sliding<void>(1)
-    const wakeLocal = PubSub.publish(wakeups, undefined)
-    const delayed = yield* FiberSet.make()
-
     // Consumers of this process waiting for work. While one is, it takes what is published here: nobody else
     // needs waking.
     let idleConsumers = 0
+    // Wake-ups that reached this process, counted: a consumer whose claim found nothing looks again at once when one
+    // arrived meanwhile (its claim may have run before that row was written), and sleeps only otherwise. Only idle
+    // consumers are signalled (sliding, with room for one: a signal sent before the consumer waits is kept), so a busy
+    // worker's publish costs a counter increment.
+    let published = 0
+    const wakeups = yield* PubSub.sliding<void>(1)
+    const wakeLocal = Effect.suspend(() => {
+      published++
+      return idleConsumers > 0 ? PubSub.publish(wakeups, undefined) : Effect.void
+    })
+    const delayed = yield* FiberSet.make()
 
     // Other processes: LISTEN/NOTIFY where the database has it. A NOTIFY serializes commits on the server, so it is
     // sent only when no consumer here is idle, at most one at a time and one per `notifySpacing`: a burst of
@@ -218,11 +223,13 @@ export const make = (
               Effect.orDie
             )
 
-          const waitForWork = Effect.acquireUseRelease(
-            Effect.sync(() => idleConsumers++),
-            () => Effect.raceFirst(Queue.take(signals), Effect.sleep(pollInterval)),
-            () => Effect.sync(() => idleConsumers--)
-          )
+          /** Waits for a wake-up or the poll, unless one arrived since `seen`. */
+          const waitForWork = (seen: number) =>
+            Effect.acquireUseRelease(
+              Effect.sync(() => idleConsumers++),
+              () => published !== seen ? Effect.void : Effect.raceFirst(Queue.take(signals), Effect.sleep(pollInterval)),
+              () => Effect.sync(() => idleConsumers--)
+            )
 
           const next: Effect.Effect<ReturnType<typeof deliver>> = Effect.suspend(() => {
             if (stopped) return Effect.never
@@ -236,9 +243,10 @@ export const make = (
               return Effect.zipRight(drainBuffer, next)
             }
             // Claims a batch: what may be delivered now, plus as many again to deliver next without a round trip.
+            const seen = published
             return Effect.flatMap(
               claimSome(free + prefetch - 1),
-              (rows) => rows.length > 0 ? next : Effect.zipRight(waitForWork, next)
+              (rows) => rows.length > 0 || published !== seen ? next : Effect.zipRight(waitForWork(seen), next)
             )
           })
 
