@@ -24,12 +24,12 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
-import * as Queue from "effect/Queue"
 import * as Schema from "effect/Schema"
 import { Program, ProgramQueue, QueueError } from "@program-executor/core"
-import type { Delivery, Subscription } from "@program-executor/core"
+import type { Delivery, ProgramRecord, Subscription } from "@program-executor/core"
 import { AmqpConnection, AmqpError, defaultReconnectSchedule } from "./AmqpConnection.js"
 import { delayBucket, delayQueueExpiry } from "./internal/delayBuckets.js"
+import { parseWakeUp } from "./internal/wakeUp.js"
 
 export interface AmqpProgramQueueOptions {
   /** The main queue; delay queues are named after it. Default `program-executor`. */
@@ -54,6 +54,9 @@ export const poisonMessages = Metric.counter("program_executor_amqp_poison_messa
 export const delayQueueName = (queueName: string, bucket: number) => `${queueName}.delay.${bucket}`
 
 const decodeWakeUp = Schema.decodeUnknownEither(Schema.parseJson(Program.WakeUp))
+
+/** The longest delay `setTimeout` honours. */
+const maxTimerMillis = 2 ** 31 - 1
 
 const errorMessage = (error: unknown) => error instanceof Error ? error.message : String(error)
 
@@ -83,6 +86,39 @@ const track = <C extends amqp.Channel>(channel: C): OpenChannel<C> => {
     tracked.open = false
   })
   return tracked
+}
+
+/** A message as the consumer callback got it, and the channel it came on. */
+interface Received {
+  readonly message: amqp.ConsumeMessage
+  readonly from: OpenChannel<amqp.Channel>
+}
+
+const settle = (item: Received, how: (channel: amqp.Channel) => void) => {
+  // A channel that closed took its deliveries with it: the broker redelivers them.
+  if (!item.from.open) return
+  try {
+    how(item.from.channel)
+  } catch {
+    // Closed between the check and the call: same as above.
+  }
+}
+
+/** A delivery whose first ack or nack wins: the executor may settle a message on more than one path. */
+class AmqpDelivery implements Delivery {
+  readonly claimed = Option.none<ProgramRecord>()
+  readonly ack: Effect.Effect<void>
+  readonly nack: Effect.Effect<void>
+  private settled = false
+  constructor(readonly message: Program.WakeUp, received: Received) {
+    this.ack = Effect.sync(() => this.settleOnce(received, (channel) => channel.ack(received.message)))
+    this.nack = Effect.sync(() => this.settleOnce(received, (channel) => channel.nack(received.message, false, true)))
+  }
+  private settleOnce(received: Received, how: (channel: amqp.Channel) => void) {
+    if (this.settled) return
+    this.settled = true
+    settle(received, how)
+  }
 }
 
 const call = <A>(what: string, run: () => PromiseLike<A>) =>
@@ -122,8 +158,11 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
     let nextMessageId = 0
     const publisherLock = yield* Effect.makeSemaphore(1)
 
-    /** The shared confirm channel, opened when there is none or it closed; the main queue declared when needed. */
-    const publisherChannel = publisherLock.withPermits(1)(Effect.gen(function*() {
+    const isReady = (current: Publisher | undefined): current is Publisher =>
+      current !== undefined && current.tracked.open && current.declared
+
+    /** Opens the confirm channel when there is none or it closed, and declares the main queue when needed. */
+    const openPublisher = publisherLock.withPermits(1)(Effect.gen(function*() {
       if (publisher === undefined || !publisher.tracked.open) {
         const tracked = track(yield* connection.createConfirmChannel)
         const opened: Publisher = { tracked, returned: new Set(), declared: false }
@@ -142,6 +181,9 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
       }
       return current
     }))
+
+    /** The shared confirm channel. The lock only serializes (re)opening: an open, declared channel is used as is. */
+    const publisherChannel = Effect.suspend(() => isReady(publisher) ? Effect.succeed(publisher) : openPublisher)
     yield* Effect.addFinalizer(() => publisher === undefined ? Effect.void : closeChannel(publisher.tracked))
     // Topology on start when the broker is there; when it is not, the first channel opened later declares it.
     yield* publisherChannel.pipe(
@@ -167,86 +209,146 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
           }
         }))
 
-    const publishOnce = (body: Buffer, bucket: number) =>
-      Effect.gen(function*() {
-        const { returned, tracked: { channel } } = yield* publisherChannel
-        const routingKey = bucket === 0 ? queueName : delayQueueName(queueName, bucket)
-        if (bucket > 0) yield* declareDelayQueue(channel, bucket)
+    const publishTimeoutMillis = Duration.toMillis(publishTimeout)
+
+    /** One publish over its attempts: when it gives up, and what went wrong last (for the timeout's message). */
+    interface Attempts {
+      readonly body: Buffer
+      readonly bucket: number
+      readonly deadline: number
+      lastError: string
+      expired: boolean
+    }
+
+    const timedOut = (attempts: Attempts) => {
+      attempts.expired = true
+      return new AmqpError({
+        message: `publish not confirmed within ${Duration.format(publishTimeout)} (last: ${attempts.lastError})`
+      })
+    }
+
+    /** A lost channel or connection, or a returned message, is worth another try until the deadline; a nack is not. */
+    const isRetryable = (attempts: Attempts, error: AmqpError | Refused): error is AmqpError =>
+      error._tag === "AmqpError" && !attempts.expired
+
+    const toQueueError = (error: AmqpError | Refused) =>
+      new QueueError({
+        message: `publishing to ${queueName} on ${connection.endpoint}: ${error.message}`,
+        cause: error
+      })
+
+    /**
+     * Sends on `current` and waits for the broker's confirm. A plain timer, cleared by the confirm, ends the wait at
+     * the deadline: cheaper than `Effect.timeout`, which forks a fiber and sleeps per publish. amqplib calls back on
+     * every outcome (ack, nack, channel closed), so the timer never outlives the publish and needs no canceller.
+     */
+    const confirmed = (current: Publisher, routingKey: string, attempts: Attempts) =>
+      Effect.async<void, AmqpError | Refused>((resume) => {
         const messageId = String(++nextMessageId)
         const properties = { persistent: true, mandatory: true, contentType: "application/json", messageId }
-        yield* Effect.async<void, AmqpError | Refused>((resume) => {
-          try {
-            channel.publish("", routingKey, body, properties, (error) => {
-              if (returned.delete(messageId)) {
-                resume(Effect.fail(new AmqpError({ message: `queue ${routingKey} missing: message returned` })))
-              } else if (error === null || error === undefined) resume(Effect.void)
-              else if (error.message === "message nacked") {
-                resume(Effect.fail(new Refused({ message: "the broker refused the message (nack)" })))
-              } else resume(Effect.fail(new AmqpError({ message: `publish not confirmed: ${errorMessage(error)}` })))
-            })
-          } catch (error) {
-            resume(Effect.fail(new AmqpError({ message: `publish failed: ${errorMessage(error)}` })))
-          }
-        })
+        const remaining = Math.max(0, attempts.deadline - Date.now())
+        // Longer than setTimeout can wait (it would fire at once): the Effect.timeout of `withRetries` ends the wait.
+        const timer = remaining <= maxTimerMillis
+          ? setTimeout(() => resume(Effect.fail(timedOut(attempts))), remaining)
+          : undefined
+        try {
+          current.tracked.channel.publish("", routingKey, attempts.body, properties, (error) => {
+            clearTimeout(timer)
+            if (current.returned.size > 0 && current.returned.delete(messageId)) {
+              resume(Effect.fail(new AmqpError({ message: `queue ${routingKey} missing: message returned` })))
+            } else if (error === null || error === undefined) resume(Effect.void)
+            else if (error.message === "message nacked") {
+              resume(Effect.fail(new Refused({ message: "the broker refused the message (nack)" })))
+            } else resume(Effect.fail(new AmqpError({ message: `publish not confirmed: ${errorMessage(error)}` })))
+          })
+        } catch (error) {
+          clearTimeout(timer)
+          resume(Effect.fail(new AmqpError({ message: `publish failed: ${errorMessage(error)}` })))
+        }
       })
+
+    const publishOnce = (attempts: Attempts) =>
+      Effect.gen(function*() {
+        const current = yield* publisherChannel
+        const routingKey = attempts.bucket === 0 ? queueName : delayQueueName(queueName, attempts.bucket)
+        if (attempts.bucket > 0) yield* declareDelayQueue(current.tracked.channel, attempts.bucket)
+        yield* confirmed(current, routingKey, attempts)
+      })
+
+    // Until the deadline: waiting for a connection, (re)declaring, backing off between attempts. Interruptible
+    // because the executor publishes from uninterruptible bookkeeping and a timeout only ends interruptible code.
+    const withRetries = (attempts: Attempts) =>
+      publishOnce(attempts).pipe(
+        Effect.tapError((error) =>
+          Effect.sync(() => {
+            attempts.lastError = error.message
+          })
+        ),
+        Effect.retry({ schedule: defaultReconnectSchedule, while: (error) => isRetryable(attempts, error) }),
+        Effect.interruptible,
+        Effect.timeoutFail({
+          duration: Math.max(0, attempts.deadline - Date.now()),
+          onTimeout: () => timedOut(attempts)
+        }),
+        Effect.mapError(toQueueError)
+      )
 
     const publish: ProgramQueue["Type"]["publish"] = (message, publishOptions) =>
       Effect.suspend(() => {
-        const body = Buffer.from(JSON.stringify({ runId: message.runId, step: message.step }))
-        const bucket = publishOptions?.delay === undefined
-          ? 0
-          : delayBucket(Duration.toMillis(Duration.decode(publishOptions.delay)))
-        let lastError = "no connection to the broker"
-        return publishOnce(body, bucket).pipe(
-          Effect.tapError((error) =>
-            Effect.sync(() => {
-              lastError = error.message
-            })
-          ),
-          Effect.retry({
-            schedule: defaultReconnectSchedule,
-            while: (error) => error._tag === "AmqpError"
-          }),
-          // The executor publishes from uninterruptible bookkeeping; a timeout can only end an interruptible effect.
-          Effect.interruptible,
-          Effect.timeoutFail({
-            duration: publishTimeout,
-            onTimeout: () =>
-              new AmqpError({
-                message: `publish not confirmed within ${Duration.format(publishTimeout)} (last: ${lastError})`
-              })
-          }),
-          Effect.mapError((error) =>
-            new QueueError({
-              message: `publishing to ${queueName} on ${connection.endpoint}: ${error.message}`,
-              cause: error
-            })
-          )
-        )
+        const attempts: Attempts = {
+          body: Buffer.from(JSON.stringify({ runId: message.runId, step: message.step })),
+          bucket: publishOptions?.delay === undefined
+            ? 0
+            : delayBucket(Duration.toMillis(Duration.decode(publishOptions.delay))),
+          deadline: Date.now() + publishTimeoutMillis,
+          lastError: "no connection to the broker",
+          expired: false
+        }
+        // The common case, an open declared channel and no delay, is one send and one confirm: the retry machinery
+        // (its fibers and timers) is only built when that first attempt fails for a reason worth retrying. The wait
+        // stays interruptible, as it is in `withRetries`, even when the caller is not.
+        const current = publisher
+        if (attempts.bucket > 0 || !isReady(current) || publishTimeoutMillis > maxTimerMillis) {
+          return withRetries(attempts)
+        }
+        return Effect.catchAll(Effect.interruptible(confirmed(current, queueName, attempts)), (error) => {
+          if (!isRetryable(attempts, error)) return Effect.fail(toQueueError(error))
+          attempts.lastError = error.message
+          return withRetries(attempts)
+        })
       })
 
     // --- consuming -----------------------------------------------------------------------------------------------
 
     const subscribe: ProgramQueue["Type"]["subscribe"] = (subscribeOptions) =>
       Effect.gen(function*() {
-        interface Received {
-          readonly message: amqp.ConsumeMessage
-          readonly from: OpenChannel<amqp.Channel>
-        }
-        const received = yield* Queue.unbounded<Received>()
         const started = yield* Deferred.make<void>()
         let stopped = false
         let current: { readonly tracked: OpenChannel<amqp.Channel>; readonly consumerTag: string } | undefined
 
-        const settle = (item: Received, how: (channel: amqp.Channel) => void) => {
-          // A channel that closed took its deliveries with it: the broker redelivers them.
-          if (!item.from.open) return
-          try {
-            how(item.from.channel)
-          } catch {
-            // Closed between the check and the call: same as above.
-          }
+        // Messages the consumer callback got that no `take` has yet, and the `take`s waiting for one: an array and a
+        // list of callbacks rather than an Effect Queue, whose take builds a Deferred and several effects per message.
+        // Both stay short (the broker sends at most `prefetch` unacked messages).
+        const buffered: Array<Received> = []
+        const takers: Array<(taken: Effect.Effect<Received>) => void> = []
+        const receive = (item: Received) => {
+          const taker = takers.shift()
+          if (taker === undefined) buffered.push(item)
+          else taker(Effect.succeed(item))
         }
+        const nextReceived: Effect.Effect<Received> = Effect.suspend(() => {
+          if (stopped) return Effect.never
+          const item = buffered.shift()
+          if (item !== undefined) return Effect.succeed(item)
+          return Effect.async<Received>((resume) => {
+            takers.push(resume)
+            // An interrupted take must not be handed a message: it would be neither delivered nor given back.
+            return Effect.sync(() => {
+              const index = takers.indexOf(resume)
+              if (index >= 0) takers.splice(index, 1)
+            })
+          })
+        })
 
         /** Cancels the consumer (basic.cancel) but keeps the channel, then gives back what was not taken. */
         const cancelConsumer = Effect.suspend(() => {
@@ -258,7 +360,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
               Effect.ignore
             )
             : Effect.void).pipe(
-              Effect.zipRight(Queue.takeAll(received)),
+              Effect.zipRight(Effect.sync(() => buffered.splice(0))),
               Effect.flatMap((pending) => {
                 for (const item of pending) settle(item, (channel) => channel.nack(item.message, false, true))
                 return Effect.logInfo(`consumer cancelled; ${pending.length} message(s) not yet taken given back`)
@@ -283,7 +385,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
                     tracked.channel.close().catch(() => {})
                     return
                   }
-                  Queue.unsafeOffer(received, { message, from: tracked })
+                  receive({ message, from: tracked })
                 }, { noAck: false }))
               current = { tracked, consumerTag }
               if (stopped) yield* cancelConsumer
@@ -324,37 +426,30 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
             )
           })
 
-        const toDelivery = (item: Received): Effect.Effect<Option.Option<Delivery>> => {
-          if (!item.from.open) return Effect.succeedNone
-          if (item.message.content.length > maxMessageBytes) {
-            const reason = `${item.message.content.length} bytes, over ${maxMessageBytes}`
-            return Effect.as(poison(item, reason), Option.none())
+        /** A delivery, or `undefined` when its channel closed (the broker redelivers it) or it was poison (acked). */
+        const toDelivery = (item: Received): Effect.Effect<Delivery | undefined> => {
+          if (!item.from.open) return Effect.succeed(undefined)
+          const content = item.message.content
+          if (content.length > maxMessageBytes) {
+            return Effect.as(poison(item, `${content.length} bytes, over ${maxMessageBytes}`), undefined)
           }
-          const decoded = decodeWakeUp(item.message.content.toString("utf8"))
-          if (Either.isLeft(decoded)) {
-            return Effect.as(poison(item, describeParseError(decoded.left)), Option.none())
-          }
-          let settled = false
-          const once = (how: (channel: amqp.Channel) => void) =>
-            Effect.sync(() => {
-              if (settled) return
-              settled = true
-              settle(item, how)
-            })
-          return Effect.succeedSome({
-            message: decoded.right,
-            claimed: Option.none(),
-            ack: once((channel) => channel.ack(item.message)),
-            nack: once((channel) => channel.nack(item.message, false, true))
-          })
+          const text = content.toString("utf8")
+          // Every delivery is parsed by hand (the Schema costs several times more); the schema only sees the rest,
+          // to accept any other shape it accepts and to say why the others are poison.
+          const wakeUp = parseWakeUp(text)
+          if (wakeUp !== undefined) return Effect.succeed(new AmqpDelivery(wakeUp, item))
+          const decoded = decodeWakeUp(text)
+          return Either.isRight(decoded)
+            ? Effect.succeed(new AmqpDelivery(decoded.right, item))
+            : Effect.as(poison(item, describeParseError(decoded.left)), undefined)
         }
 
         // A message taken from the buffer is turned into a delivery without interruption, so none is lost in between.
         const take: Effect.Effect<Delivery> = Effect.uninterruptibleMask((restore) => {
-          const taken = restore(Effect.suspend(() => stopped ? Effect.never : Queue.take(received)))
-          const next: Effect.Effect<Delivery> = taken.pipe(
-            Effect.flatMap(toDelivery),
-            Effect.flatMap(Option.match({ onNone: () => next, onSome: Effect.succeed }))
+          const taken = restore(nextReceived)
+          const next: Effect.Effect<Delivery> = Effect.flatMap(
+            Effect.flatMap(taken, toDelivery),
+            (delivery) => delivery === undefined ? next : Effect.succeed(delivery)
           )
           return next
         })

@@ -114,6 +114,14 @@ export const makeProxy = (target: string) =>
     /** Destroys every open socket, as a network failure would: no AMQP close, no TCP FIN from the broker. */
     drop: Effect.sync(() => {
       for (const socket of sockets) socket.destroy()
+    }),
+    /** Stops forwarding on every open socket, connections kept: a broker that stalls and never answers. */
+    stall: Effect.sync(() => {
+      for (const socket of sockets) socket.pause()
+    }),
+    /** Forwards again what was held by `stall`. */
+    unstall: Effect.sync(() => {
+      for (const socket of sockets) socket.resume()
     })
   })))
 
