@@ -14,10 +14,11 @@ import {
   ProgramExecutor,
   ProgramRepository
 } from "@program-executor/core"
-import { Deferred, Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
 import { rmSync } from "node:fs"
 import { describeWithService } from "../../core/test/utils/services.js"
 import { SqlDatabase, SqlProgramExecutor, SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
+import { PreparedStatements } from "../src/internal/preparedStatements.js"
 import { type Backend, database, sqliteFile, storage } from "./utils.js"
 
 let counter = 0
@@ -307,6 +308,43 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
       expect(Option.getOrThrow(delivery.claimed).lockedBy).toBe("consumer")
       yield* delivery.ack
       yield* Effect.addFinalizer(() => dropTable("pg", tableName, url))
+    }).pipe(Effect.scoped), { timeout: 30_000 })
+
+  it.live("on a table never analyzed, claim and advance of one program find it by run_id, not by scanning", () =>
+    Effect.gen(function*() {
+      const tableName = uniqueTable("plans")
+      // The hot statements as sent, each explained first: the plan PostgreSQL picks for exactly that text.
+      const plans: Array<{ readonly statement: string; readonly plan: string }> = []
+      const explaining = Layer.effect(
+        PreparedStatements,
+        Effect.map(SqlClient.SqlClient, (sql) => ({
+          run: (text: string, params: ReadonlyArray<unknown>) =>
+            sql.unsafe(`EXPLAIN (FORMAT JSON) ${text}`, params).withoutTransform.pipe(
+              Effect.tap((rows) => plans.push({ statement: text.slice(0, 60), plan: JSON.stringify(rows) })),
+              Effect.zipRight(sql.unsafe(text, params).withoutTransform)
+            )
+        }))
+      )
+      const repository = Context.get(
+        yield* Layer.build(SqlProgramRepository.layer({ tableName }).pipe(
+          Layer.provide(explaining),
+          Layer.provideMerge(SqlDatabase.layer(url))
+        )),
+        ProgramRepository
+      )
+      yield* Effect.addFinalizer(() => dropTable("pg", tableName, url))
+      // Enough unfinished rows that reading them all is not the same as reading one.
+      const runIds = Array.from({ length: 300 }, () => crypto.randomUUID())
+      yield* Effect.forEach(runIds, (runId) => repository.insert({ runId, jobs: ["a", "b"], programData: {}, jobData: {} }), {
+        concurrency: 8,
+        discard: true
+      })
+      const runId = runIds[150]!
+      expect(Option.isSome(yield* repository.claim({ runId, step: 0 }, { owner: "w", leaseFor: Duration.seconds(30) })))
+        .toBe(true)
+      expect(yield* repository.advance({ runId, step: 0, owner: "w" }, { finished: false })).toBe(true)
+      expect(plans.map((entry) => entry.statement.split(" SET")[0])).toEqual([`UPDATE "${tableName}"`, `UPDATE "${tableName}"`])
+      for (const { plan } of plans) expect(plan).toContain(`"Index Name":"${tableName}_run_id_key"`)
     }).pipe(Effect.scoped), { timeout: 30_000 })
 })
 describeWithService("MYSQL_URL", "MariaDB", (url) => backendSuite("mysql", url))

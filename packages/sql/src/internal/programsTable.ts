@@ -224,10 +224,19 @@ export const makeStatements = (
     return dialect === "pg" ? sql`${text}::jsonb` : sql`${text}`
   }
 
-  const inProgress = lit("finished_at IS NULL AND errored_at IS NULL")
+  /** Neither finished nor errored, written as the partial indexes' predicate, so the queue's scans can use them. */
+  const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
+  /**
+   * The same condition for a statement that names its row by `run_id`, written so that the planner cannot match it
+   * to a partial index: such a statement must take the `run_id` index whatever the statistics say. (On a PostgreSQL
+   * table not yet analyzed, the advance took a partial index and read every unfinished row, for every step.)
+   */
+  const rowInProgressText = "COALESCE(finished_at, errored_at) IS NULL"
+  const inProgress = lit(inProgressText)
+  const rowInProgress = lit(rowInProgressText)
   const leaseFree = sql`(locked_until IS NULL OR locked_until <= ${now})`
   const holds = (lease: Lease) =>
-    sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner} AND locked_until > ${now} AND ${inProgress}`
+    sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner} AND locked_until > ${now} AND ${rowInProgress}`
   const released = lit("locked_by = NULL, locked_until = NULL")
 
   /** A guarded write: true when it changed the row. MySQL has no UPDATE … RETURNING: it reports affected rows. */
@@ -302,8 +311,8 @@ export const makeStatements = (
     const millis = Math.max(0, Math.round(Duration.toMillis(duration)))
     return dialect === "pg" ? millis / 1000 : dialect === "mysql" ? millis * 1000 : `+${millis / 1000} seconds`
   }
-  const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
-  const dueText = `${inProgressText} AND next_run_at <= ${nowText} AND (locked_until IS NULL OR locked_until <= ${nowText})`
+  const leaseFreeText = `(locked_until IS NULL OR locked_until <= ${nowText})`
+  const dueText = `${inProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
   const columnsText = "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, " +
     "error_message, created_at, updated_at, locked_by, locked_until, next_run_at"
   // Parameters: owner, lease duration.
@@ -312,7 +321,7 @@ export const makeStatements = (
   // Parameters: owner, lease duration, run id, step.
   const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(3)} AND step = ${
     placeholder(4)
-  } AND ${dueText}`
+  } AND ${rowInProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
   const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) => {
     const params = [owner, plusParam(leaseFor), target.runId, target.step]
     return dialect === "mysql"
@@ -327,7 +336,7 @@ export const makeStatements = (
   // Parameters: run id, step, owner.
   const holdsText = `run_id = ${placeholder(1)} AND step = ${placeholder(2)} AND locked_by = ${
     placeholder(3)
-  } AND locked_until > ${nowText} AND ${inProgressText}`
+  } AND locked_until > ${nowText} AND ${rowInProgressText}`
   const releasedText = "locked_by = NULL, locked_until = NULL"
   const advanceTexts = {
     next: `UPDATE ${quotedTable} SET ${releasedText}, step = step + 1, step_retry_count = 0, next_run_at = ${nowText}, updated_at = ${nowText} WHERE ${holdsText}`,
@@ -446,7 +455,7 @@ export const makeStatements = (
   const cancel = (runId: string, reason: string) =>
     updateReturning(
       sql`errored_at = ${now}, error_message = ${reason}, updated_at = ${now}`,
-      sql`run_id = ${runId} AND ${inProgress}`,
+      sql`run_id = ${runId} AND ${rowInProgress}`,
       runId
     )
 
