@@ -6,7 +6,6 @@
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -24,6 +23,7 @@ import { ExecutorConfig, type ExecutorOptions } from "./ExecutorConfig.js"
 import { classify, type Failure } from "./internal/classify.js"
 import * as metrics from "./internal/metrics.js"
 import { nthDelay, retryOnFailure } from "./internal/retry.js"
+import { isTraced } from "./internal/tracing.js"
 import { JobContext, type JobContextShape } from "./JobContext.js"
 import { ExecutionTimeExceededError, RetryableError } from "./JobError.js"
 import { JobLibrary } from "./JobLibrary.js"
@@ -53,13 +53,9 @@ interface LeasedStep {
   ended?: Exclude<LeaseStatus, "held">
 }
 
-/** Effect's own tracer, installed when the application provides none. It exports nothing. */
-const builtInTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
-
 /**
- * Runs a claimed step's handling with its log annotations and, when a tracer is installed (OpenTelemetry, say), in a
- * `program-executor.step` span. Spans nobody exports cost about a tenth of a step's CPU, so without a tracer there
- * are none. The handler's fiber is the step's own (one per delivery, never joined), so both are set on it for good
+ * Runs a claimed step's handling with its log annotations and, when a tracer is installed (`isTraced`), in a
+ * `program-executor.step` span. The handler's fiber is the step's own (one per delivery, never joined), so both are set on it for good
  * instead of scoped with `Effect.annotateLogs` / `Effect.withSpan`, whose restoring of the previous values cost as
  * much again.
  */
@@ -72,8 +68,8 @@ const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, 
       HashMap.set(mutable, "job", program.jobs[program.step] ?? "")
       HashMap.set(mutable, "attempt", attempt)
     })).pipe(Effect.zipRight(handling))
-  return Effect.flatMap(Effect.tracer, (tracer) =>
-    tracer === builtInTracer
+  return Effect.flatMap(isTraced, (traced) =>
+    !traced
       ? annotated
       : Effect.useSpan(
         "program-executor.step",

@@ -12,6 +12,8 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { randomUUID } from "node:crypto"
 import * as metrics from "./internal/metrics.js"
+import { retryOnFailure } from "./internal/retry.js"
+import { withSpanIfTraced } from "./internal/tracing.js"
 import {
   CreateProgramInput,
   defaultListLimit,
@@ -91,12 +93,11 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
     const events = yield* ProgramEvents
 
     const wake = (runId: string, step: number) =>
-      queue.publish({ runId, step }).pipe(
-        Effect.retry(publishRetry),
+      retryOnFailure(queue.publish({ runId, step }), publishRetry).pipe(
         Effect.catchAll((error) =>
           Effect.logError(`program stored but its wake-up could not be published; the sweeper will: ${error.message}`)
-        ),
-        Effect.annotateLogs({ runId, step })
+            .pipe(Effect.annotateLogs({ runId, step }))
+        )
       )
 
     return {
@@ -109,7 +110,7 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
           yield* events.publish(ProgramEvent.ProgramCreated({ runId, jobs: valid.jobs }))
           yield* wake(runId, 0)
           return runId
-        }).pipe(Effect.withSpan("program-executor.createProgram")),
+        }).pipe(withSpanIfTraced("program-executor.createProgram")),
 
       get: repository.get,
 

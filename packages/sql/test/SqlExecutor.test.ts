@@ -343,8 +343,9 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
       expect(Option.isSome(yield* repository.claim({ runId, step: 0 }, { owner: "w", leaseFor: Duration.seconds(30) })))
         .toBe(true)
       expect(yield* repository.advance({ runId, step: 0, owner: "w" }, { finished: false })).toBe(true)
-      expect(plans.map((entry) => entry.statement.split(" SET")[0])).toEqual([`UPDATE "${tableName}"`, `UPDATE "${tableName}"`])
-      for (const { plan } of plans) expect(plan).toContain(`"Index Name":"${tableName}_run_id_key"`)
+      const updates = plans.filter((entry) => entry.statement.startsWith("UPDATE"))
+      expect(updates.length).toBe(2) // the claim, the advance
+      for (const { plan } of updates) expect(plan).toContain(`"Index Name":"${tableName}_run_id_key"`)
     }).pipe(Effect.scoped), { timeout: 30_000 })
 })
 describeWithService("MYSQL_URL", "MariaDB", (url) => backendSuite("mysql", url))

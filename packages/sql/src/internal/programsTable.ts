@@ -219,11 +219,6 @@ export const makeStatements = (
       ? sql`DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
       : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`+${millis / 1000} seconds`})`
   }
-  const json = (value: unknown) => {
-    const text = JSON.stringify(value ?? null)
-    return dialect === "pg" ? sql`${text}::jsonb` : sql`${text}`
-  }
-
   /** Neither finished nor errored, written as the partial indexes' predicate, so the queue's scans can use them. */
   const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
   /**
@@ -264,17 +259,6 @@ export const makeStatements = (
       sql<Row>`SELECT ${columns} FROM ${table} WHERE run_id = ${runId}`.withoutTransform,
       (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0])
     )
-
-  const insert = (program: Program.NewProgram) => {
-    const values = sql`(${program.runId}, ${json(program.programData)}, ${json(program.jobs)}, ${
-      json(program.jobData)
-    }, 0, 0, ${now}, ${now}, ${now})`
-    return Effect.map(
-      sql<Row>`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES ${values} RETURNING ${columns}`
-        .withoutTransform,
-      (rows) => decodeRow(rows[0]!)
-    )
-  }
 
   const list = (query: Program.ListQuery) => {
     const clauses: Array<Statement.Fragment> = []
@@ -317,6 +301,23 @@ export const makeStatements = (
     "error_message, created_at, updated_at, locked_by, locked_until, next_run_at"
   // Parameters: owner, lease duration.
   const takeLeaseText = `locked_by = ${placeholder(1)}, locked_until = ${plusText(2)}, updated_at = ${nowText}`
+
+  // Parameters: run id, program data, jobs, job data (JSON texts).
+  const jsonParam = (n: number) => dialect === "pg" ? `${placeholder(n)}::jsonb` : placeholder(n)
+  const insertText = `INSERT INTO ${quotedTable} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES (${
+    placeholder(1)
+  }, ${jsonParam(2)}, ${jsonParam(3)}, ${jsonParam(4)}, 0, 0, ${nowText}, ${nowText}, ${nowText}) RETURNING ${columnsText}`
+  const insert = (program: Program.NewProgram) => {
+    const params = [
+      program.runId,
+      JSON.stringify(program.programData ?? null),
+      JSON.stringify(program.jobs),
+      JSON.stringify(program.jobData ?? null)
+    ]
+    // MariaDB has INSERT … RETURNING, but its rows come back only through the client.
+    const rows = dialect === "mysql" ? sql.unsafe(insertText, params).withoutTransform : prepared.run(insertText, params)
+    return Effect.map(rows, (rows) => decodeRow(rows[0] as Row))
+  }
 
   // Parameters: owner, lease duration, run id, step.
   const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(3)} AND step = ${
