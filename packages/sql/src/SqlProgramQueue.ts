@@ -162,6 +162,8 @@ export const make = (
           const buffer: Array<Buffered> = []
           const outstanding = new Map<string, Lease>()
           let stopped = false
+          // The wake-up count when a claim last found fewer due rows than it asked for.
+          let tableDrainedAt: number | undefined
           const maxBufferedMillis = Math.min(2_000, Duration.toMillis(leaseFor) / 3)
 
           const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, owner })
@@ -242,12 +244,19 @@ export const make = (
               buffer.unshift(entry)
               return Effect.zipRight(drainBuffer, next)
             }
-            // Claims a batch: what may be delivered now, plus as many again to deliver next without a round trip.
             const seen = published
-            return Effect.flatMap(
-              claimSome(free + prefetch - 1),
-              (rows) => rows.length > 0 || published !== seen ? next : Effect.zipRight(waitForWork(seen), next)
-            )
+            if (tableDrainedAt === seen) {
+              // The last claim took every due row there was and nothing was published since: asking again would
+              // find nothing (it cost a wasted round trip per step at low load). Wait for a wake-up or the poll.
+              tableDrainedAt = undefined
+              return Effect.zipRight(waitForWork(seen), next)
+            }
+            // Claims a batch: what may be delivered now, plus as many again to deliver next without a round trip.
+            const limit = free + prefetch - 1
+            return Effect.flatMap(claimSome(limit), (rows) => {
+              if (rows.length < limit) tableDrainedAt = seen
+              return rows.length > 0 || published !== seen ? next : Effect.zipRight(waitForWork(seen), next)
+            })
           })
 
           return {
