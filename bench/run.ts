@@ -8,6 +8,8 @@
  *   --concurrency N         executor concurrency per process (BENCH_CONCURRENCY, default 16)
  *   --workers N             processes of the multi-process mode (BENCH_WORKERS, default 4)
  *   --create-concurrency N  concurrent createProgram calls (BENCH_CREATE_CONCURRENCY, default 16)
+ *   --warmup N              programs run through the workers before each measured throughput run, untimed
+ *                           (BENCH_WARMUP, default 500; 200 with --quick)
  *   --lone N                programs of the isolated-latency mode (BENCH_LONE, default 200)
  *   --growth a,b            finished rows already in the table for the growth mode (BENCH_GROWTH, default 1000,100000)
  *   --repeat N              runs of each throughput and growth measurement; the median is reported (BENCH_REPEAT, 3)
@@ -60,6 +62,7 @@ const options = {
   concurrency: int("concurrency", "BENCH_CONCURRENCY", 16, 16),
   workers: int("workers", "BENCH_WORKERS", 4, 4),
   createConcurrency: int("create-concurrency", "BENCH_CREATE_CONCURRENCY", 16, 16),
+  warmup: int("warmup", "BENCH_WARMUP", 500, 200),
   lone: int("lone", "BENCH_LONE", 200, 30),
   repeat: int("repeat", "BENCH_REPEAT", 3, 1),
   pgConnections: int("pg-connections", "BENCH_PG_CONNECTIONS", 16, 16),
@@ -313,21 +316,32 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
       await Promise.all(workers.map((worker) => worker.next("ready")))
     }
     const reader = backend === "embedded" ? sqliteReader(sqliteFile, table) : pgReader(pgClient!, table)
-    const before = await reader.maxId()
-    const started = performance.now()
-    creator.send({ t: "create", count: options.programs, concurrency: options.createConcurrency })
-    await creator.next("created", 300_000)
-    const deadline = started + 300_000
     // A query on a connection the server dropped (a restart under the bench) may never settle: bound each poll.
     const poll = () =>
       Promise.race([
         reader.unfinished(),
         new Promise<never>((_, reject) => setTimeout(() => reject(new Error("polling the table timed out")), 15_000))
       ])
-    while ((await poll()) > 0) {
-      if (performance.now() > deadline) throw new Error(`${backend}: programs still unfinished after 5 minutes`)
-      await new Promise((resolve) => setTimeout(resolve, 25))
+    /** Creates `count` programs and waits until every program in the table is finished. */
+    const runPrograms = async (count: number) => {
+      const started = performance.now()
+      creator.send({ t: "create", count, concurrency: options.createConcurrency })
+      await creator.next("created", 300_000)
+      while ((await poll()) > 0) {
+        if (performance.now() > started + 300_000) throw new Error(`${backend}: programs still unfinished after 5 minutes`)
+        await new Promise((resolve) => setTimeout(resolve, 25))
+      }
     }
+    // A worker that has run for a while: its hot path compiled by V8, its pools and channels open. Without this the
+    // first second of a short run, interpreted code, weighs on every figure. The warm-up's programs are not measured
+    // and the workers count CPU from the mark on.
+    if (options.warmup > 0) {
+      await runPrograms(options.warmup)
+      for (const worker of workers) worker.send({ t: "mark" })
+      await Promise.all(workers.map((worker) => worker.next("marked")))
+    }
+    const before = await reader.maxId()
+    await runPrograms(options.programs)
     const timings = await reader.timings(before)
     const stats = await Promise.all(workers.map((worker) => worker.stop()))
     if (creator !== workers[0]) await creator.stop()

@@ -10,6 +10,7 @@
  * queue), `pg-amqp` (PostgreSQL + RabbitMQ queue `BENCH_QUEUE`). Table: `BENCH_TABLE`.
  *
  * Messages to the parent: `{ t: "ready" }`, `{ t: "created", count, millis }`, `{ t: "lone", ... }`,
+ * `{ t: "marked" }` (answer to `{ t: "mark" }`: CPU is counted from then on),
  * `{ t: "stats", maxRssKb, cpuMillis }` (answer to `{ t: "stop" }`, sent just before exiting).
  */
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
@@ -154,7 +155,14 @@ const main = Effect.gen(function*() {
     if (role !== "worker") yield* Effect.forkScoped(serveCreates)
     // Executor.run subscribes before it takes anything; give it a moment so the clock starts on a ready worker.
     yield* Effect.sleep("300 millis")
-    const cpu = process.cpuUsage()
+    let cpu = process.cpuUsage()
+    // "mark": the warm-up is over; CPU is counted from here.
+    const onMark = (message: { t?: string }) => {
+      if (message?.t !== "mark") return
+      cpu = process.cpuUsage()
+      process.send!({ t: "marked" })
+    }
+    process.on("message", onMark)
     yield* send({ t: "ready" })
     yield* stopRequested
     const used = process.cpuUsage(cpu)
