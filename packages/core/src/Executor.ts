@@ -61,10 +61,9 @@ interface LeasedStep {
  */
 const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const attempt = program.stepRetryCount + 1
+  // `runId` and `step` are already there: `handle` set them.
   const annotated = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
     HashMap.mutate(annotations, (mutable) => {
-      HashMap.set(mutable, "runId", program.runId)
-      HashMap.set(mutable, "step", program.step)
       HashMap.set(mutable, "job", program.jobs[program.step] ?? "")
       HashMap.set(mutable, "attempt", attempt)
     })).pipe(Effect.zipRight(handling))
@@ -191,7 +190,9 @@ const makeHandler = (
     let current: Record<string, any> = isPlainObject(stored) ? stored : {}
     // Writes of one run are serialized, so a merge never loses a concurrent merge of the same job; the lease keeps
     // every other worker away from this program.
-    const lock = Effect.unsafeMakeSemaphore(1)
+    let lock: Effect.Semaphore | undefined // made by the first write: most jobs store nothing
+    const serialized = <A, E, R>(write: Effect.Effect<A, E, R>) =>
+      Effect.suspend(() => (lock ??= Effect.unsafeMakeSemaphore(1)).withPermits(1)(write))
     const store = (value: Record<string, any>) =>
       durably("storing job data", repository.writeJobData(lease, jobName, value)).pipe(
         Effect.mapError((error) =>
@@ -206,7 +207,7 @@ const makeHandler = (
         )
       )
     const merge = (partial: Record<string, any>) =>
-      lock.withPermits(1)(Effect.suspend(() => store({ ...current, ...partial })))
+      serialized(Effect.suspend(() => store({ ...current, ...partial })))
     return {
       runId: program.runId,
       step: program.step,
@@ -216,7 +217,7 @@ const makeHandler = (
       programData: program.programData,
       jobData: {
         get: Effect.sync(() => current),
-        set: (value) => lock.withPermits(1)(store(value)),
+        set: (value) => serialized(store(value)),
         merge
       },
       checkpoint: (partial, options) =>
@@ -442,6 +443,12 @@ const makeHandler = (
   const handle = (delivery: Delivery): Effect.Effect<void> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
+        // On the handler's own fiber, for good (see `inStep`): every log of this delivery names its step.
+        yield* FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
+          HashMap.mutate(annotations, (mutable) => {
+            HashMap.set(mutable, "runId", delivery.message.runId)
+            HashMap.set(mutable, "step", delivery.message.step)
+          }))
         const claimed = Option.isSome(delivery.claimed)
           ? delivery.claimed
           : yield* durably("claiming the step", repository.claim(delivery.message, claimOptions))
@@ -457,8 +464,8 @@ const makeHandler = (
           Cause.isInterruptedOnly(cause) ? Effect.interrupt : Effect.logError("could not handle a wake-up; returning it to the queue", cause).pipe(
             Effect.zipRight(delivery.nack)
           )
-        ),
+        )
       )
-    ).pipe(Effect.annotateLogs({ runId: delivery.message.runId, step: delivery.message.step }))
+    )
   return { handle, keepLeases }
 }

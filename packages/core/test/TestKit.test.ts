@@ -14,7 +14,7 @@ import {
   QueueError,
   RetryableError
 } from "@program-executor/core"
-import { Chunk, Duration, Effect, Fiber, Layer, Option, Ref, Schedule, Stream, Tracer } from "effect"
+import { Chunk, Duration, Effect, Fiber, HashMap, Layer, Logger, Option, Ref, Schedule, Stream, Tracer } from "effect"
 
 const failTimes = (name: string, times: number, counter: Ref.Ref<number>) =>
   Job.make(
@@ -194,6 +194,35 @@ describe("ProgramExecutorTest", () => {
       const inside = spans.filter((span) => span.name === "inside the job")
       expect(inside.map((span) => Option.getOrThrow(span.parent).spanId)).toEqual(steps.map((span) => span.spanId))
       expect(steps.every((span) => span.status._tag === "Ended")).toBe(true)
+    }))
+
+  it.effect("a job's own log lines carry its runId, step, job and attempt", () =>
+    Effect.gen(function*() {
+      const lines: Array<{ readonly message: unknown; readonly annotations: Record<string, unknown> }> = []
+      const capture = Logger.make(({ annotations, message }) => {
+        lines.push({ message, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+      })
+      const counter = yield* Ref.make(0)
+      const job = Job.make(
+        "logs",
+        Effect.zipRight(
+          Effect.log("from the job"),
+          Effect.flatMap(Ref.updateAndGet(counter, (n) => n + 1), (n) =>
+            n === 1 ? Effect.fail(new RetryableError({ message: "once more" })) : Effect.void)
+        )
+      )
+      const runId = yield* ProgramExecutor.createProgram({ jobs: ["logs", "logs"] }).pipe(
+        Effect.tap(() => ProgramExecutorTest.runUntilIdle()),
+        Effect.provide(ProgramExecutorTest.layer({ jobs: [job] })),
+        Effect.scoped,
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      const fromJob = lines.filter((line) => JSON.stringify(line.message).includes("from the job"))
+      expect(fromJob.map((line) => line.annotations)).toEqual([
+        { runId, step: 0, job: "logs", attempt: 1 },
+        { runId, step: 0, job: "logs", attempt: 2 },
+        { runId, step: 1, job: "logs", attempt: 1 }
+      ])
     }))
 
   it.effect("runUntilIdle reports programs that cannot finish", () =>
