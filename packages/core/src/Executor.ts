@@ -55,9 +55,9 @@ interface LeasedStep {
 
 /**
  * Runs a claimed step's handling with its log annotations and, when a tracer is installed (`isTraced`), in a
- * `program-executor.step` span. The handler's fiber is the step's own (one per delivery, never joined), so both are set on it for good
- * instead of scoped with `Effect.annotateLogs` / `Effect.withSpan`, whose restoring of the previous values cost as
- * much again.
+ * `program-executor.step` span. The handler's fiber is the step's own (one per delivery, never joined), so both are
+ * set on it for good instead of scoped with `Effect.annotateLogs` / `Effect.withSpan`, whose restoring of the
+ * previous values cost as much again.
  */
 const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const attempt = program.stepRetryCount + 1
