@@ -238,9 +238,9 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
       })
 
     /**
-     * Sends on `current` and waits for the broker's confirm. A plain timer, cleared by the confirm, ends the wait at
-     * the deadline: cheaper than `Effect.timeout`, which forks a fiber and sleeps per publish. amqplib calls back on
-     * every outcome (ack, nack, channel closed), so the timer never outlives the publish and needs no canceller.
+     * Sends on `current` and waits for the broker's confirm. A plain timer, cleared by the confirm (amqplib calls back
+     * on every outcome: ack, nack, channel closed) or by an interruption, ends the wait at the deadline: cheaper than
+     * `Effect.timeout`, which forks a fiber and sleeps per publish.
      */
     const confirmed = (current: Publisher, routingKey: string, attempts: Attempts) =>
       Effect.async<void, AmqpError | Refused>((resume) => {
@@ -265,6 +265,8 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
           clearTimeout(timer)
           resume(Effect.fail(new AmqpError({ message: `publish failed: ${errorMessage(error)}` })))
         }
+        // Interrupted while waiting (a shutdown past its grace): the timer must not hold the process open.
+        return Effect.sync(() => clearTimeout(timer))
       })
 
     const publishOnce = (attempts: Attempts) =>
