@@ -98,11 +98,14 @@ export const parseUrl = (url: string | Redacted.Redacted): Effect.Effect<Target,
     }
   })
 
-/** SQLite tuned for the executor: WAL, synchronous=NORMAL, a busy timeout; and its prepared hot statements. */
+/**
+ * SQLite tuned for the executor: WAL, synchronous=NORMAL, a busy timeout. The layer also carries the connection's
+ * prepared hot statements (internal; see `PreparedStatements`), which the repository and queue layers pick up.
+ */
 export const layerSqlite = (
   filename: string,
   options: Pick<Options, "busyTimeout"> = {}
-): Layer.Layer<SqlClient.SqlClient | PreparedStatements, SqlError> =>
+): Layer.Layer<SqlClient.SqlClient, SqlError> =>
   Layer.scopedContext(Effect.map(
     sqliteClient.make({
       filename,
@@ -115,7 +118,7 @@ export const layerSqlite = (
  * PostgreSQL on a `pg` pool of our own, shared by the `SqlClient` and the executor's named hot statements. The pool
  * holds `maxConnections` connections (default 10, as `pg`'s).
  */
-const layerPg = (url: Redacted.Redacted, options: Options): Layer.Layer<SqlClient.SqlClient | PreparedStatements, SqlError> =>
+const layerPg = (url: Redacted.Redacted, options: Options): Layer.Layer<SqlClient.SqlClient, SqlError> =>
   Layer.scopedContext(Effect.gen(function*() {
     const pool = yield* Effect.acquireRelease(
       Effect.tryPromise({
