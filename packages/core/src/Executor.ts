@@ -284,6 +284,8 @@ const makeHandler = (
         restore(Effect.provideService(body, JobContext, jobContext(program, lease, job.name, startedAt)))
       )
       leased.delete(keyOf(lease))
+      // The heartbeat's interruption stays on this fiber; what follows is uninterruptible bookkeeping (release, ack),
+      // so it ends nothing else. An adapter must not rely on `Effect.interruptible` inside an ack for that reason.
       if (entry.ended !== undefined) return { _tag: "LeaseEnded", status: entry.ended }
       // Interrupted from outside, not by the heartbeat: shutting down. (A job interrupting itself is a failure like
       // any other.) Give the step back so it runs again, here or on another worker.
