@@ -1,6 +1,7 @@
 /**
- * A fault scenario's world on PostgreSQL + RabbitMQ: a programs table, a queue and an executions table of its own,
- * a client that creates programs, and worker processes (`test/support/worker.ts`) to start, kill and signal.
+ * The world of a scenario with worker processes on PostgreSQL + RabbitMQ (the fault suite, the end-to-end workers
+ * test, the soak): a programs table, a queue and an executions table of its own, a client that creates programs, and
+ * worker processes (`test/support/worker.ts`) to start, kill and signal.
  */
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
 import { ProgramExecutor } from "@program-executor/core"
@@ -71,6 +72,15 @@ export const defaultWorkerEnv: Record<string, string> = {
   PE_STALE_AFTER: "10 seconds",
   PE_SHUTDOWN_GRACE: "5 seconds",
   PE_MAX_ATTEMPTS: "unlimited"
+}
+
+/** A row of the executions table: one run of one job, by the worker process `pid`. */
+export interface Execution {
+  readonly run_id: string
+  readonly step: number
+  readonly pid: number
+  readonly started_at: Date
+  readonly finished_at: Date | null
 }
 
 export interface WorldOptions {
@@ -208,6 +218,24 @@ export const makeWorld = async (options: WorldOptions) => {
         await channel.close()
       } finally {
         await connection.close()
+      }
+    },
+    /** What the jobs recorded, in the order they started. */
+    executions: async () =>
+      (await db.query<Execution>(
+        `SELECT run_id, step, pid, started_at, finished_at FROM ${executionsTable} ORDER BY id`
+      )).rows,
+    /** Consumers on the main queue now; 0 until a worker declared it. */
+    consumerCount: async () => {
+      const connection = await amqp.connect(options.amqpUrl)
+      connection.on("error", () => {})
+      try {
+        const channel = await connection.createChannel()
+        // Until a worker declared the queue, checkQueue fails and the broker closes the channel.
+        channel.on("error", () => {})
+        return await channel.checkQueue(name).then((queue) => queue.consumerCount, () => 0)
+      } finally {
+        await connection.close().catch(() => {})
       }
     },
     /** Messages ready in the main queue (not counting those delivered and not yet acknowledged). */
