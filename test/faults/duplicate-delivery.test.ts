@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, printTable } from "./support/check.js"
+import { printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
 import { eventually, makeWorld, sleep, type World } from "./support/world.js"
 
@@ -38,14 +38,14 @@ describeWithServices("duplicate delivery", () => {
     await current.publishRaw(everyStepOf(runIds))
     await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 180_000, current.logs)
     const wallMillis = Date.now() - began
-    const report = await check({ db: current.db, table: current.name, executionsTable: current.executionsTable, runIds })
+    const report = await current.check(runIds)
 
     // After the run: every step of every finished program again. Nothing may run.
     await current.publishRaw(everyStepOf(runIds))
     await eventually("the queue is drained", async () => (await current.queueDepth()) === 0, 60_000, current.logs)
     // The last deliveries may still be in a worker's hands: let them settle before counting.
     await sleep(1_000)
-    const after = await check({ db: current.db, table: current.name, executionsTable: current.executionsTable, runIds })
+    const after = await current.check(runIds)
 
     printTable([
       { scenario: "duplicate publish ×2 + re-sent steps", report, wallMillis },

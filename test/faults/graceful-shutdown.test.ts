@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, type Death, printTable } from "./support/check.js"
+import { type Death, printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
 import { eventually, makeWorld, type World } from "./support/world.js"
 
@@ -55,9 +55,7 @@ describeWithServices("graceful shutdown", () => {
     const interrupted = byFirst.filter((execution) => execution.finished_at === null).length
     const startedLate = byFirst.filter((execution) => execution.started_at.getTime() > signalledAt + 1_000).length
     // Nothing is leased once they are gone: every claimed step completed and advanced, or was given back.
-    const leased = Number((await current.db.query(
-      `SELECT count(*)::int AS n FROM ${current.name} WHERE locked_by IS NOT NULL`
-    )).rows[0].n)
+    const leased = await current.leased()
 
     const restartedAt = Date.now()
     const second = [current.start(env), current.start(env), current.start(env)]
@@ -67,7 +65,7 @@ describeWithServices("graceful shutdown", () => {
       `SELECT min(started_at) AS first FROM ${current.executionsTable} WHERE pid = ANY($1)`,
       [second.map((worker) => worker.pid)]
     )
-    const report = await check({ db: current.db, table: current.name, executionsTable: current.executionsTable, runIds })
+    const report = await current.check(runIds)
     printTable([{
       scenario: "SIGTERM all 3 workers, restart",
       report: { ...report, recoveryMillis: (resumed[0]?.first?.getTime() ?? restartedAt) - restartedAt },
@@ -114,9 +112,7 @@ describeWithServices("graceful shutdown", () => {
     const exitMillis = exits.map((exit) => exit.at - signalledAt)
     const interrupted = await running()
     // Each interrupted step released its lease on the way out: nothing waits for a lease to expire.
-    const leased = Number((await current.db.query(
-      `SELECT count(*)::int AS n FROM ${current.name} WHERE locked_by IS NOT NULL`
-    )).rows[0].n)
+    const leased = await current.leased()
 
     const restartedAt = Date.now()
     const second = [current.start(env), current.start(env), current.start(env)]
@@ -124,13 +120,7 @@ describeWithServices("graceful shutdown", () => {
     const wallMillis = Date.now() - began
     // The interrupted jobs may each run once more: they count as having died mid-job.
     const deaths: Array<Death> = first.map((worker) => ({ pid: worker.pid, at: restartedAt }))
-    const report = await check({
-      db: current.db,
-      table: current.name,
-      executionsTable: current.executionsTable,
-      runIds,
-      deaths
-    })
+    const report = await current.check(runIds, { deaths })
     printTable([{
       scenario: "SIGTERM, grace < job: interrupted",
       report,

@@ -8,7 +8,7 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, type Death, printTable } from "./support/check.js"
+import { type Death, printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
 import { eventually, makeWorld, type World } from "./support/world.js"
 
@@ -70,13 +70,7 @@ describeWithServices("kill -9 of a worker process", () => {
 
     await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 120_000, current.logs)
     const wallMillis = Date.now() - began
-    const report = await check({
-      db: current.db,
-      table: current.name,
-      executionsTable: current.executionsTable,
-      runIds,
-      deaths
-    })
+    const report = await current.check(runIds, { deaths })
     printTable([{ scenario: "kill -9 ×3 (of 3 workers)", report, wallMillis, extra: `steps held at kills ${inFlight.join("/")}, queued ${queued.join("/")}` }])
     expect(report.violations).toEqual([])
     expect(report.finished).toBe(programs)

@@ -9,7 +9,7 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, type ExpectedError, printTable } from "./support/check.js"
+import { type ExpectedError, printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
 import { eventually, makeWorld, sleep, type World } from "./support/world.js"
 
@@ -94,13 +94,7 @@ describeWithServices("poison", () => {
     await eventually("the poison is drained", async () => (await current.queueDepth()) === 0, 60_000, current.logs)
     await sleep(500)
     const wallMillis = Date.now() - began
-    const report = await check({
-      db: current.db,
-      table: current.name,
-      executionsTable: current.executionsTable,
-      runIds,
-      expectErrors
-    })
+    const report = await current.check(runIds, { expectErrors })
     printTable([{
       scenario: "poison messages + corrupted rows",
       report,

@@ -11,7 +11,7 @@
 import { afterAll, afterEach, describe, expect, it } from "@effect/vitest"
 import { execFileSync } from "node:child_process"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
-import { check, printTable } from "./support/check.js"
+import { printTable } from "./support/check.js"
 import { eventually, makeWorld, sleep, type World } from "./support/world.js"
 
 const enabled = process.env.PE_FAULTS === "1"
@@ -69,7 +69,7 @@ describeFault("RabbitMQ restart under running workers", () => {
     expect(doneWhenStopped, "the broker stopped mid-run").toBeLessThan(programs * jobs.length)
 
     await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 120_000, current.logs)
-    const report = await check({ db: current.db, table: current.name, executionsTable: current.executionsTable, runIds })
+    const report = await current.check(runIds)
     printTable([{ scenario: "RabbitMQ stop_app / start_app", report, wallMillis: Date.now() - began }])
     expect(report.violations).toEqual([])
     expect(report.finished).toBe(programs)

@@ -12,7 +12,7 @@
  * SOAK_MAX_RSS_SLOPE (MiB per minute allowed for the worker never killed, after warm-up; 1), SOAK_MAX_BACKLOG (steps
  * created and not yet done above which creation pauses, so a slow machine is soaked, not overloaded; 2000).
  */
-import { check, type Death, printTable } from "../faults/support/check.js"
+import { type Death, printTable } from "../faults/support/check.js"
 import { jobNames } from "../faults/support/hooks.js"
 import { eventually, makeWorld, rssMiB, sleep, type Worker } from "../faults/support/world.js"
 
@@ -165,13 +165,7 @@ try {
   const loadEnded = Date.now()
   await eventually("every program finished and no lease is held", async () => (await world.unsettled()) === 0, 600_000, world.logs)
   const wallMillis = Date.now() - began
-  const report = await check({
-    db: world.db,
-    table: world.name,
-    executionsTable: world.executionsTable,
-    runIds,
-    deaths
-  })
+  const report = await world.check(runIds, { deaths })
   printTable([{
     scenario: `soak ${seconds} s`,
     report,

@@ -13,6 +13,7 @@ import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { duplicatingQueue } from "../../support/duplicatingQueue.js"
+import { check, type CheckOptions } from "./check.js"
 import { jobNames } from "./hooks.js"
 import { createExecutionsTable } from "../../support/executions.js"
 
@@ -194,6 +195,11 @@ export const makeWorld = async (options: WorldOptions) => {
         )).rows[0].n
       ),
     inProgress: () => count("finished_at IS NULL AND errored_at IS NULL"),
+    /** Programs whose lease is still held. */
+    leased: () => count("locked_by IS NOT NULL"),
+    /** The suite's invariants (`check`) over `runIds` of this world's tables. */
+    check: (runIds: ReadonlyArray<string>, more: Pick<CheckOptions, "expectErrors" | "deaths"> = {}) =>
+      check({ db, table: name, executionsTable, runIds, ...more }),
     /** Unfinished, or still holding a lease: nothing may be left like this at the end of a scenario. */
     unsettled: () => count("(finished_at IS NULL AND errored_at IS NULL) OR locked_by IS NOT NULL OR locked_until IS NOT NULL"),
     logs: (tail = 3000) =>
