@@ -20,6 +20,12 @@ const bodies = [
   `{"runId":"r","step":9007199254740992}`,
   `{"runId":"r","step":-1}`,
   `{"runId":"r","step":1.5}`,
+  // What no table can hold: a step past int4, a runId with NUL or longer than the column.
+  `{"runId":"r","step":2147483647}`,
+  `{"runId":"r","step":2147483648}`,
+  `{"runId":"a\\u0000b","step":0}`,
+  `{"runId":"${"x".repeat(64)}","step":0}`,
+  `{"runId":"${"x".repeat(65)}","step":0}`,
   `{"runId":"r","step":"1"}`,
   `{"runId":"r","step":null}`,
   `{"runId":42,"step":0}`,

@@ -103,11 +103,15 @@ const typedContext = <P, PI, D, DI>(
         Effect.mapError(undecodable("jobData"))
       )
     )
-    const set = (value: D) =>
+    // One write at a time, the read of a merge included: two concurrent merges must not both start from the same value.
+    const lock = yield* Effect.makeSemaphore(1)
+    const write = (value: D) =>
       Effect.flatMap(encode(value), (encoded) => ctx.jobData.set(encoded as AnyRecord)).pipe(
         Effect.zipRight(Ref.set(current, value))
       )
-    const merge = (partial: Partial<D>) => Effect.flatMap(Ref.get(current), (value) => set({ ...value, ...partial }))
+    const set = (value: D) => lock.withPermits(1)(write(value))
+    const merge = (partial: Partial<D>) =>
+      lock.withPermits(1)(Effect.flatMap(Ref.get(current), (value) => write({ ...value, ...partial })))
     return {
       ...ctx,
       programData,

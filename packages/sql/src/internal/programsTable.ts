@@ -12,6 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { type PreparedStatementsService, viaClient } from "./preparedStatements.js"
+import { describeSqlError, isTransientSqlError } from "./sqlErrors.js"
 
 /** The table name is not a safe SQL identifier. Raised before any SQL is sent. */
 export class InvalidTableNameError extends Schema.TaggedError<InvalidTableNameError>()("InvalidTableNameError", {
@@ -37,9 +38,15 @@ export const validateTableName = (tableName: string = defaultTableName) =>
 
 export type Dialect = "pg" | "mysql" | "sqlite"
 
-/** `SqlError` becomes the repository's error at this boundary; the message says which operation failed. */
+/**
+ * `SqlError` becomes the repository's error at this boundary; the message says which operation failed and gives the
+ * database's own words. A data-class error (the database refused the values) is marked not transient, so the
+ * executor does not retry a statement that would fail the same way forever.
+ */
 export const toRepositoryError = (what: string) => (error: SqlError) =>
-  new RepositoryError({ message: `${what} failed: ${error.message}${causeMessage(error.cause)}`, cause: error })
+  isTransientSqlError(error)
+    ? new RepositoryError({ message: `${what} failed: ${error.message}${causeMessage(error.cause)}`, cause: error })
+    : new RepositoryError({ message: `${what} failed: ${describeSqlError(error)}`, cause: error, transient: false })
 
 /** InnoDB picks a victim when writers deadlock (gap locks of a claim against an insert): that statement is retried. */
 const isTransientLock = (error: SqlError) => {
