@@ -25,17 +25,18 @@ import * as metrics from "./internal/metrics.js"
 import { nthDelay, retryOnFailure } from "./internal/retry.js"
 import { isTraced } from "./internal/tracing.js"
 import { JobContext, type JobContextShape } from "./JobContext.js"
-import { ExecutionTimeExceededError, RetryableError } from "./JobError.js"
+import { ExecutionTimeExceededError, FatalError, RetryableError } from "./JobError.js"
 import { JobLibrary } from "./JobLibrary.js"
-import type { ProgramRecord } from "./Program.js"
+import { isValidWakeUp, type ProgramRecord } from "./Program.js"
 import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
 import { ProgramQueue, type Delivery, type QueueError } from "./ProgramQueue.js"
 import {
   type ClaimOptions,
+  isTransient,
   type Lease,
   type LeaseStatus,
   ProgramRepository,
-  type RepositoryError
+  RepositoryError
 } from "./ProgramRepository.js"
 
 /** How a run of a job ended: it completed (well or not), or the lease ended under it. */
@@ -44,14 +45,21 @@ type Outcome =
   | { readonly _tag: "LeaseEnded"; readonly status: Exclude<LeaseStatus, "held"> }
 
 /**
- * A step whose job runs here, on its handler's fiber; `ended` is set when the heartbeat found its lease gone (and
- * interrupted the job).
+ * A step whose job runs here; `ended` is set when the heartbeat found its lease gone (and interrupted the job),
+ * `settled` once the run is over (a job still running after that is abandoned: its writes are refused here, and by
+ * the token in the database). `heldUntil` is when the lease ends by this worker's clock, as of its last successful
+ * extension: a worker that cannot reach the database cannot vouch for a lease past that.
  */
 interface LeasedStep {
   readonly lease: Lease
   readonly handler: Fiber.RuntimeFiber<unknown, unknown>
+  heldUntil: number
   ended?: Exclude<LeaseStatus, "held">
+  settled: boolean
 }
+
+/** Every run of a step counts, whether it recorded a failure or was lost without an outcome. */
+const attemptOf = (program: ProgramRecord) => program.stepRetryCount + program.stepLostCount + 1
 
 /**
  * Runs a claimed step's handling with its log annotations and, when a tracer is installed (`isTraced`), in a
@@ -60,7 +68,7 @@ interface LeasedStep {
  * previous values cost as much again.
  */
 const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
-  const attempt = program.stepRetryCount + 1
+  const attempt = attemptOf(program)
   // `runId` and `step` are already there: `handle` set them.
   const annotated = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
     HashMap.mutate(annotations, (mutable) => {
@@ -82,7 +90,7 @@ const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, 
 
 const currentFiber = Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) => Effect.succeed(fiber))
 
-const keyOf = (lease: Lease) => `${lease.runId}\u0000${lease.step}`
+const keyOf = (lease: Lease) => `${lease.runId}\u0000${lease.token}`
 
 const isPlainObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
@@ -95,11 +103,18 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
   const events = yield* ProgramEvents
   const claimOptions = { owner: config.workerId, leaseFor: config.leaseDuration }
 
-  /** A database or broker operation, retried while the service is unavailable. */
+  /**
+   * A database or broker operation, retried while the service is unavailable. An error the database gives for the
+   * data itself (`transient: false`) is not retried: the same statement would fail the same way, forever.
+   */
+  const storageRetry = config.storageRetry.pipe(Schedule.whileInput(isTransient))
   const durably = <A, E extends RepositoryError | QueueError, R>(what: string, operation: Effect.Effect<A, E, R>) =>
     retryOnFailure(
-      Effect.tapError(operation, (error) => Effect.logWarning(`${what} failed, retrying: ${error.message}`)),
-      config.storageRetry
+      Effect.tapError(operation, (error) =>
+        isTransient(error)
+          ? Effect.logWarning(`${what} failed, retrying: ${error.message}`)
+          : Effect.logError(`${what} failed, not retried (the database refused the data): ${error.message}`)),
+      storageRetry
     )
 
   // A worker started before its queue is reachable waits for it, however long that takes.
@@ -133,6 +148,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
   )
 
   yield* Effect.forkScoped(sweeper(config, repository, queue))
+  yield* Effect.forkScoped(recoverer(config, repository, queue))
 
   yield* Effect.logInfo("worker started").pipe(
     Effect.annotateLogs({ workerId: config.workerId, concurrency: config.concurrency, jobs: library.names.join(",") })
@@ -165,6 +181,32 @@ const sweeper = (
     Effect.annotateLogs("component", "sweeper")
   )
 
+/**
+ * Re-publishes, at once, the steps whose lease expired without an outcome: a dead worker's steps run again within
+ * `leaseDuration + recoveryInterval`, not after `staleAfter`. (The broker redelivers a dead worker's messages at
+ * once, while its leases still refuse them.)
+ */
+const recoverer = (
+  config: ExecutorOptions,
+  repository: ProgramRepository["Type"],
+  queue: ProgramQueue["Type"]
+) =>
+  repository.recoverExpired(config.sweepBatchSize).pipe(
+    Effect.flatMap((expired) =>
+      Effect.forEach(expired, (message) => queue.publish(message), { discard: true, concurrency: 8 }).pipe(
+        Effect.zipRight(
+          expired.length === 0
+            ? Effect.void
+            : Effect.logWarning(`re-published ${expired.length} step(s) whose worker stopped extending the lease`)
+        ),
+        Effect.zipRight(Metric.incrementBy(metrics.leasesRecovered, expired.length))
+      )
+    ),
+    Effect.catchAll((error) => Effect.logWarning(`recovery of expired leases failed: ${error.message}`)),
+    Effect.repeat(Schedule.spaced(config.recoveryInterval)),
+    Effect.annotateLogs("component", "recovery")
+  )
+
 const makeHandler = (
   config: ExecutorOptions,
   claimOptions: ClaimOptions,
@@ -185,7 +227,29 @@ const makeHandler = (
       )
     )
 
-  const jobContext = (program: ProgramRecord, lease: Lease, jobName: string, startedAt: number): JobContextShape => {
+  /**
+   * A write that ends a run (advance, retry, fail), under the run's token. When an attempt failed without an answer
+   * (the connection dropped after the statement was sent) and the retry is refused, the first attempt may have
+   * committed: the row is read back, and if it still carries this run's token with its lease released, the write was
+   * this run's own (a token is fresh at every claim, and a run ends its lease once), so it counts as done.
+   */
+  const settle = (what: string, lease: Lease, write: Effect.Effect<boolean, RepositoryError>) =>
+    Effect.suspend(() => {
+      let unanswered = false
+      return durably(what, Effect.tapError(write, () => Effect.sync(() => (unanswered = true)))).pipe(
+        Effect.flatMap((applied) =>
+          applied || !unanswered
+            ? Effect.succeed(applied)
+            : Effect.map(
+              durably("reading the program back", repository.get(lease.runId)),
+              Option.exists((row) => row.leaseToken === lease.token && row.lockedBy === null)
+            )
+        )
+      )
+    })
+
+  const jobContext = (program: ProgramRecord, entry: LeasedStep, jobName: string, startedAt: number): JobContextShape => {
+    const lease = entry.lease
     const stored = program.jobData[jobName]
     let current: Record<string, any> = isPlainObject(stored) ? stored : {}
     // Writes of one run are serialized, so a merge never loses a concurrent merge of the same job; the lease keeps
@@ -194,18 +258,25 @@ const makeHandler = (
     const serialized = <A, E, R>(write: Effect.Effect<A, E, R>) =>
       Effect.suspend(() => (lock ??= Effect.unsafeMakeSemaphore(1)).withPermits(1)(write))
     const store = (value: Record<string, any>) =>
-      durably("storing job data", repository.writeJobData(lease, jobName, value)).pipe(
-        Effect.mapError((error) =>
-          new RetryableError({ message: `job data could not be stored: ${error.message}`, cause: error })
-        ),
-        Effect.flatMap((stored) =>
-          stored
-            ? Effect.sync(() => {
-              current = value
-            })
-            : Effect.fail(new RetryableError({ message: "job data not stored: this worker lost the step's lease" }))
+      Effect.suspend(() => {
+        if (entry.settled) {
+          return Effect.fail(new RetryableError({ message: "job data not stored: this run is over (timed out or ended)" }))
+        }
+        return durably("storing job data", repository.writeJobData(lease, jobName, value)).pipe(
+          Effect.mapError((error) =>
+            isTransient(error)
+              ? new RetryableError({ message: `job data could not be stored: ${error.message}`, cause: error })
+              : new FatalError({ message: `job data cannot be stored: ${error.message}`, cause: error })
+          ),
+          Effect.flatMap((stored) =>
+            stored
+              ? Effect.sync(() => {
+                current = value
+              })
+              : Effect.fail(new RetryableError({ message: "job data not stored: this worker lost the step's lease" }))
+          )
         )
-      )
+      })
     const merge = (partial: Record<string, any>) =>
       serialized(Effect.suspend(() => store({ ...current, ...partial })))
     return {
@@ -213,7 +284,7 @@ const makeHandler = (
       step: program.step,
       jobName,
       jobs: program.jobs,
-      attempt: program.stepRetryCount + 1,
+      attempt: attemptOf(program),
       programData: program.programData,
       jobData: {
         get: Effect.sync(() => current),
@@ -237,26 +308,48 @@ const makeHandler = (
   }
 
   /**
-   * The steps running here, by lease. One loop extends them all every heartbeat (rather than a watcher fiber and a
-   * timer per step, which cost about a quarter of a step's CPU) and interrupts a job whose lease ended.
+   * The steps running here, by fencing token. One loop extends them all every heartbeat (rather than a watcher fiber
+   * and a timer per step, which cost about a quarter of a step's CPU) and interrupts a job whose lease ended. An
+   * extension that fails or does not answer within a heartbeat keeps the lease only until it would have expired by
+   * this worker's clock: a hung connection must not keep a job running on the worker's word alone.
    */
   const leased = new Map<string, LeasedStep>()
-  const keepLeases = Effect.suspend(() =>
-    Effect.forEach(Array.from(leased.values()), (entry) =>
+  const extend = (entry: LeasedStep) =>
+    Effect.flatMap(Clock.currentTimeMillis, (requestedAt) =>
       repository.extendLease(entry.lease, config.leaseDuration).pipe(
-        Effect.catchAll((error) => Effect.as(Effect.logWarning(`heartbeat failed: ${error.message}`), "held" as const)),
+        Effect.timeoutFail({
+          duration: config.heartbeatInterval,
+          onTimeout: () => new RepositoryError({ message: "no answer within a heartbeat" })
+        }),
+        Effect.tap((status) =>
+          status === "held" ? Effect.sync(() => (entry.heldUntil = requestedAt + leaseMillis)) : Effect.void
+        ),
+        Effect.catchAll((error) =>
+          Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            now < entry.heldUntil
+              ? Effect.as(Effect.logWarning(`heartbeat failed: ${error.message}`), "held" as const)
+              : Effect.as(
+                Effect.logWarning(`heartbeat failed until the lease expired: ${error.message}`),
+                "lost" as const
+              ))
+        ),
         Effect.flatMap((status) => {
           if (status === "held" || leased.get(keyOf(entry.lease)) !== entry) return Effect.void
           entry.ended = status
           return Fiber.interruptFork(entry.handler)
         })
-      ), { concurrency: 8, discard: true })
+      ))
+  const leaseMillis = Duration.toMillis(config.leaseDuration)
+  const keepLeases = Effect.suspend(() =>
+    Effect.forEach(Array.from(leased.values()), extend, { concurrency: 8, discard: true })
   ).pipe(Effect.delay(config.heartbeatInterval), Effect.forever)
 
   /**
-   * Runs the job on the handler's own fiber, interruptible only while it runs (`restore`): a fiber per job cost about
-   * a sixth of a step's CPU. The heartbeat loop interrupts this fiber when the lease ends; shutdown interrupts it too,
-   * which gives the step back and ends the handling.
+   * Runs the job, interruptible only while it runs (`restore`), and disconnected from the handler: when the handler
+   * is interrupted (the heartbeat found the lease ended, a shutdown) or the timeout fires, it goes on at once, even
+   * if the job ignores interruption (an uninterruptible region, a finalizer that hangs). Such a job is abandoned:
+   * its slot is free, its lease no longer extended, and its writes refused. The heartbeat loop interrupts the
+   * handler when the lease ends; shutdown interrupts it too, which gives the step back and ends the handling.
    */
   const runJob = (
     job: Job.Job,
@@ -270,19 +363,24 @@ const makeHandler = (
       const timeout = job.options.timeout === undefined
         ? config.jobTimeout
         : Option.some(Duration.decode(job.options.timeout))
+      const entry: LeasedStep = {
+        lease,
+        handler: yield* currentFiber,
+        heldUntil: startedAt + leaseMillis,
+        settled: false
+      }
+      const run = Effect.disconnect(Effect.provideService(job.run, JobContext, jobContext(program, entry, job.name, startedAt)))
       const body = Option.match(timeout, {
-        onNone: () => job.run,
+        onNone: () => run,
         onSome: (duration) =>
-          Effect.timeoutFail(job.run, {
+          Effect.timeoutFail(run, {
             duration,
             onTimeout: () => new RetryableError({ message: `timed out after ${Duration.format(duration)}` })
           })
       })
-      const entry: LeasedStep = { lease, handler: yield* currentFiber }
       leased.set(keyOf(lease), entry)
-      const exit = yield* Effect.exit(
-        restore(Effect.provideService(body, JobContext, jobContext(program, lease, job.name, startedAt)))
-      )
+      const exit = yield* Effect.exit(restore(body))
+      entry.settled = true
       leased.delete(keyOf(lease))
       // The heartbeat's interruption stays on this fiber; what follows is uninterruptible bookkeeping (release, ack),
       // so it ends nothing else. An adapter must not rely on `Effect.interruptible` inside an ack for that reason.
@@ -301,7 +399,7 @@ const makeHandler = (
   const advance = (program: ProgramRecord, lease: Lease, job: string, startedAt: number) =>
     Effect.gen(function*() {
       const finished = program.step + 1 >= program.jobs.length
-      const advanced = yield* durably("advancing the step", repository.advance(lease, { finished }))
+      const advanced = yield* settle("advancing the step", lease, repository.advance(lease, { finished }))
       if (!advanced) {
         return yield* Effect.logWarning("lease lost before the step could advance; another worker will run it again")
       }
@@ -311,7 +409,7 @@ const makeHandler = (
           runId: program.runId,
           step: program.step,
           job,
-          attempt: program.stepRetryCount + 1,
+          attempt: attemptOf(program),
           duration
         })
       )
@@ -327,7 +425,7 @@ const makeHandler = (
 
   const stop = (program: ProgramRecord, lease: Lease, job: string, failure: Failure & { _tag: "Ignore" | "Fatal" }) =>
     Effect.gen(function*() {
-      const recorded = yield* durably("recording the failure", repository.fail(lease, failure.message))
+      const recorded = yield* settle("recording the failure", lease, repository.fail(lease, failure.message))
       if (!recorded) return yield* Effect.logWarning("lease lost before the failure could be recorded")
       const ignorable = failure._tag === "Ignore"
       yield* Metric.increment(metrics.programsErrored)
@@ -349,6 +447,8 @@ const makeHandler = (
       }
     })
 
+  const fatal = (message: string) => ({ _tag: "Fatal", message, cause: Cause.empty }) as const
+
   const retry = (
     program: ProgramRecord,
     lease: Lease,
@@ -356,19 +456,25 @@ const makeHandler = (
     failure: Failure & { _tag: "Retry" }
   ) =>
     Effect.gen(function*() {
-      const failures = program.stepRetryCount + (failure.countAttempt ? 1 : 0)
+      // Lost runs count as attempts too: `maxAttempts` bounds every run of the step that did not complete.
+      const failures = program.stepRetryCount + program.stepLostCount + (failure.countAttempt ? 1 : 0)
       const maxAttempts = job?.options.maxAttempts ?? config.maxAttempts
-      const fatal = (message: string) =>
-        stop(program, lease, job?.name ?? "", { _tag: "Fatal", message, cause: Cause.empty })
+      const jobName = job?.name ?? ""
       if (failures >= maxAttempts) {
-        return yield* fatal(`gave up after ${failures} attempt(s): ${failure.message}`)
+        return yield* stop(program, lease, jobName, fatal(`gave up after ${failures} attempt(s): ${failure.message}`))
       }
       const delay = yield* nthDelay(job?.options.retrySchedule ?? config.retrySchedule, Math.max(1, failures))
       if (Option.isNone(delay)) {
-        return yield* fatal(`retry schedule exhausted after ${failures} attempt(s): ${failure.message}`)
+        return yield* stop(
+          program,
+          lease,
+          jobName,
+          fatal(`retry schedule exhausted after ${failures} attempt(s): ${failure.message}`)
+        )
       }
-      const recorded = yield* durably(
+      const recorded = yield* settle(
         "recording the retry",
+        lease,
         repository.scheduleRetry(lease, {
           errorMessage: failure.message,
           delay: delay.value,
@@ -381,8 +487,8 @@ const makeHandler = (
         ProgramEvent.RetryScheduled({
           runId: program.runId,
           step: program.step,
-          job: job?.name ?? "",
-          attempt: program.stepRetryCount + 1,
+          job: jobName,
+          attempt: attemptOf(program),
           delay: delay.value,
           errorMessage: failure.message
         })
@@ -393,16 +499,42 @@ const makeHandler = (
       yield* wake(program.runId, program.step, delay.value)
     })
 
+  /**
+   * Why a claimed step must not run again, or undefined: its earlier runs were lost (the worker died, exited or lost
+   * the lease) more often than `maxLostRuns`, or, with the failures recorded, `maxAttempts` runs did not complete.
+   */
+  const exhausted = (program: ProgramRecord, job: Job.Job | undefined, jobName: string): string | undefined => {
+    const lost = program.stepLostCount
+    if (lost === 0) return undefined
+    const maxAttempts = job?.options.maxAttempts ?? config.maxAttempts
+    const runs = program.stepRetryCount + lost
+    const bound = lost > config.maxLostRuns
+      ? `more than maxLostRuns (${config.maxLostRuns})`
+      : runs >= maxAttempts
+      ? `${runs} run(s) without completing, maxAttempts ${maxAttempts}`
+      : undefined
+    return bound === undefined
+      ? undefined
+      : `worker lost ${lost} time(s) running job "${jobName}" (${bound}): the job may crash its process (exit, out ` +
+        `of memory) or outlive its lease`
+  }
+
   /** Runs one claimed step. Only the job itself is interruptible; what it completed is always recorded. */
-  const runStep = (program: ProgramRecord, delivery: Delivery, restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) =>
+  const runStep = (
+    program: ProgramRecord,
+    delivery: Delivery,
+    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  ) =>
     Effect.gen(function*() {
-      const lease: Lease = { runId: program.runId, step: program.step, owner: config.workerId }
+      const lease: Lease = { runId: program.runId, step: program.step, token: program.leaseToken ?? "" }
       const jobName = program.jobs[program.step]
       if (program.corruption !== null || jobName === undefined) {
         const message = program.corruption ?? `step ${program.step} is past the last of ${program.jobs.length} job(s)`
-        return yield* stop(program, lease, jobName ?? "", { _tag: "Fatal", message, cause: Cause.empty })
+        return yield* stop(program, lease, jobName ?? "", fatal(message))
       }
       const job = library.get(jobName)
+      const lostTooOften = exhausted(program, job, jobName)
+      if (lostTooOften !== undefined) return yield* stop(program, lease, jobName, fatal(lostTooOften))
       const startedAt = yield* Clock.currentTimeMillis
       yield* Metric.update(metrics.queueLag, Math.max(0, startedAt - program.nextRunAt.getTime()) / 1000)
       if (job === undefined) {
@@ -412,19 +544,15 @@ const makeHandler = (
           )
           return yield* advance(program, lease, jobName, startedAt)
         }
-        return yield* stop(program, lease, jobName, {
-          _tag: "Fatal",
-          message: `unknown job "${jobName}": this worker's library has ${library.names.join(", ") || "no jobs"}`,
-          cause: Cause.empty
-        })
+        return yield* stop(
+          program,
+          lease,
+          jobName,
+          fatal(`unknown job "${jobName}": this worker's library has ${library.names.join(", ") || "no jobs"}`)
+        )
       }
       yield* events.publish(
-        ProgramEvent.StepStarted({
-          runId: program.runId,
-          step: program.step,
-          job: jobName,
-          attempt: program.stepRetryCount + 1
-        })
+        ProgramEvent.StepStarted({ runId: program.runId, step: program.step, job: jobName, attempt: attemptOf(program) })
       )
       const outcome = yield* runJob(job, program, lease, delivery, restore)
       if (outcome._tag === "LeaseEnded") {
@@ -440,7 +568,29 @@ const makeHandler = (
       return yield* failure._tag === "Retry"
         ? retry(program, lease, job, failure)
         : stop(program, lease, jobName, failure)
-    }).pipe(inStep(program))
+    }).pipe(
+      // The database refused to record the outcome for its data (text it cannot store, a value out of range): the
+      // same write would be refused forever, so the program fails with the database's message instead.
+      Effect.catchIf(
+        (error): error is RepositoryError => error._tag === "RepositoryError" && !isTransient(error),
+        (error) =>
+          stop(
+            program,
+            { runId: program.runId, step: program.step, token: program.leaseToken ?? "" },
+            program.jobs[program.step] ?? "",
+            fatal(`the database refused to record the step's outcome: ${error.message}`)
+          )
+      ),
+      inStep(program)
+    )
+
+  /** A wake-up that can never run a step: acknowledged, logged with its content and counted, never retried. */
+  const poison = (delivery: Delivery, why: string) =>
+    Effect.logError(`poison wake-up dropped (${why}): ${safeJson(delivery.message)}`).pipe(
+      Effect.annotateLogs("event", "wake-up-poison"),
+      Effect.zipRight(Metric.increment(metrics.wakeUpsPoisoned)),
+      Effect.zipRight(delivery.ack)
+    )
 
   const handle = (delivery: Delivery): Effect.Effect<void> =>
     Effect.uninterruptibleMask((restore) =>
@@ -451,6 +601,9 @@ const makeHandler = (
             HashMap.set(mutable, "runId", delivery.message.runId)
             HashMap.set(mutable, "step", delivery.message.step)
           }))
+        if (!isValidWakeUp(delivery.message.runId, delivery.message.step)) {
+          return yield* poison(delivery, "no program can have this runId and step")
+        }
         const claimed = Option.isSome(delivery.claimed)
           ? delivery.claimed
           : yield* durably("claiming the step", repository.claim(delivery.message, claimOptions))
@@ -462,12 +615,25 @@ const makeHandler = (
         yield* runStep(claimed.value, delivery, restore)
         yield* delivery.ack
       }).pipe(
-        Effect.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause) ? Effect.interrupt : Effect.logError("could not handle a wake-up; returning it to the queue", cause).pipe(
+        Effect.catchAllCause((cause) => {
+          if (Cause.isInterruptedOnly(cause)) return Effect.interrupt
+          const failure = Cause.failureOption(cause)
+          if (Option.isSome(failure) && failure.value._tag === "RepositoryError" && !isTransient(failure.value)) {
+            return poison(delivery, `the database refused it: ${failure.value.message}`)
+          }
+          return Effect.logError("could not handle a wake-up; returning it to the queue", cause).pipe(
             Effect.zipRight(delivery.nack)
           )
-        )
+        })
       )
     )
   return { handle, keepLeases }
+}
+
+const safeJson = (value: unknown) => {
+  try {
+    return JSON.stringify(value)
+  } catch {
+    return String(value)
+  }
 }

@@ -26,14 +26,29 @@ export interface ExecutorOptions {
   readonly heartbeatInterval: Duration.Duration
   /** Delay before the n-th retry of a step: its n-th delay. When the schedule ends, the failure becomes fatal. */
   readonly retrySchedule: Schedule.Schedule<unknown, unknown>
-  /** Attempts of one step before a retryable failure becomes fatal. `Infinity`: no limit (the old library's way). */
+  /**
+   * Runs of one step that did not complete before it fails: retryable failures and lost runs (see `maxLostRuns`)
+   * alike. `Infinity`: no limit (the old library's way).
+   */
   readonly maxAttempts: number
+  /**
+   * Runs of one step that may end without an outcome (the worker killed, exiting, out of memory; the lease lost)
+   * before the program fails, since such a job may be what crashes its workers. A bound of its own, reset when the
+   * step completes, so a healthy program that shared a worker with a crash-looping job is not failed with it: it
+   * loses one run per crash, and completes its step between them. Checked when the step is claimed again.
+   */
+  readonly maxLostRuns: number
   /** A job run longer than this fails as retryable. None: no limit. */
   readonly jobTimeout: Option.Option<Duration.Duration>
   /** How often the sweeper looks for steps whose wake-up was lost. */
   readonly sweepInterval: Duration.Duration
-  /** A due, unleased step untouched for this long is re-published by the sweeper. */
+  /** A due, unleased step untouched for this long is re-published by the sweeper (then after 2×, 4×… as long). */
   readonly staleAfter: Duration.Duration
+  /**
+   * How often a worker looks for leases that expired without an outcome (a dead worker's steps) and re-publishes
+   * those steps: such a step runs again within `leaseDuration + recoveryInterval` of its worker's death.
+   */
+  readonly recoveryInterval: Duration.Duration
   /** Most wake-ups one sweep re-publishes. */
   readonly sweepBatchSize: number
   /** On shutdown, running jobs get this long to finish before they are interrupted. */
@@ -65,9 +80,11 @@ export const defaults = (): ExecutorOptions => ({
   heartbeatInterval: Duration.seconds(10),
   retrySchedule: defaultRetrySchedule,
   maxAttempts: 20,
+  maxLostRuns: 3,
   jobTimeout: Option.none(),
   sweepInterval: Duration.seconds(30),
   staleAfter: Duration.minutes(1),
+  recoveryInterval: Duration.seconds(5),
   sweepBatchSize: 1000,
   shutdownGrace: Duration.seconds(20),
   onUnknownJob: "fail",
@@ -83,6 +100,8 @@ export const validate = (options: ExecutorOptions): Effect.Effect<ExecutorOption
   const problems: Array<string> = []
   if (!Number.isInteger(options.concurrency) || options.concurrency < 1) problems.push("concurrency must be >= 1")
   if (!(options.maxAttempts >= 1)) problems.push("maxAttempts must be >= 1 (Infinity for no limit)")
+  if (!(options.maxLostRuns >= 0)) problems.push("maxLostRuns must be >= 0 (Infinity for no limit)")
+  if (!Duration.greaterThan(options.recoveryInterval, Duration.zero)) problems.push("recoveryInterval must be positive")
   if (!Number.isInteger(options.sweepBatchSize) || options.sweepBatchSize < 1) {
     problems.push("sweepBatchSize must be >= 1")
   }
@@ -122,7 +141,18 @@ export const layerFromEnv = (options: Partial<ExecutorOptions> = {}): Layer.Laye
             })
           )
         ),
+        maxLostRuns: Config.option(
+          Config.string("PE_MAX_LOST_RUNS").pipe(
+            Config.mapOrFail((raw) => {
+              const value = raw === "unlimited" ? Infinity : Number(raw)
+              return Number.isInteger(value) || value === Infinity
+                ? Either.right(value)
+                : Either.left(ConfigError.InvalidData(["PE_MAX_LOST_RUNS"], "expected an integer or unlimited"))
+            })
+          )
+        ),
         jobTimeout: duration("PE_JOB_TIMEOUT"),
+        recoveryInterval: duration("PE_RECOVERY_INTERVAL"),
         sweepInterval: duration("PE_SWEEP_INTERVAL"),
         staleAfter: duration("PE_STALE_AFTER"),
         shutdownGrace: duration("PE_SHUTDOWN_GRACE"),

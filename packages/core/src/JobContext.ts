@@ -5,15 +5,18 @@
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
-import type { ExecutionTimeExceededError, RetryableError } from "./JobError.js"
+import type { ExecutionTimeExceededError, FatalError, RetryableError } from "./JobError.js"
 
 export interface JobDataHandle<D> {
   /** This job's data; `{}` when nothing was stored yet. */
   readonly get: Effect.Effect<D>
-  /** Replaces this job's data. Stored before the call returns. */
-  readonly set: (value: D) => Effect.Effect<void, RetryableError>
+  /**
+   * Replaces this job's data. Stored before the call returns. Fails as retryable when it cannot be stored now (the
+   * database unreachable, the lease lost, the run over), as fatal when the database refuses the value itself.
+   */
+  readonly set: (value: D) => Effect.Effect<void, RetryableError | FatalError>
   /** Shallow merge (later keys win), as the old library's `merge`. Stored before the call returns. */
-  readonly merge: (partial: Partial<D>) => Effect.Effect<void, RetryableError>
+  readonly merge: (partial: Partial<D>) => Effect.Effect<void, RetryableError | FatalError>
 }
 
 export interface CheckpointOptions {
@@ -27,7 +30,10 @@ export interface JobContextShape<P = Record<string, any>, D = Record<string, any
   readonly step: number
   readonly jobName: string
   readonly jobs: ReadonlyArray<string>
-  /** 1 on the first run of this step, then one more for each counted retry. */
+  /**
+   * 1 on the first run of this step, then one more for each run that did not complete: counted retries and runs lost
+   * without an outcome (a worker that died). A checkpoint past its budget does not count (the old library's way).
+   */
   readonly attempt: number
   readonly programData: P
   readonly jobData: JobDataHandle<D>
@@ -38,7 +44,7 @@ export interface JobContextShape<P = Record<string, any>, D = Record<string, any
   readonly checkpoint: (
     partial: Partial<D>,
     options: CheckpointOptions
-  ) => Effect.Effect<void, RetryableError | ExecutionTimeExceededError>
+  ) => Effect.Effect<void, RetryableError | FatalError | ExecutionTimeExceededError>
 }
 
 export class JobContext extends Context.Tag("@program-executor/core/JobContext")<JobContext, JobContextShape>() {}

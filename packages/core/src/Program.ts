@@ -19,9 +19,22 @@ export interface ProgramRecord {
   readonly errorMessage: string | null
   readonly createdAt: Date
   readonly updatedAt: Date
-  /** Lease of the worker running the current step. */
+  /**
+   * Lease of the worker running the current step: its id, until when. Cleared when a run records its outcome, so a
+   * `lockedBy` left behind (with `lockedUntil` expired or null) is the mark of a run that was lost.
+   */
   readonly lockedBy: string | null
   readonly lockedUntil: Date | null
+  /**
+   * The fencing token of the step's latest claim, fresh at every claim and kept after the run ends: every write of a
+   * run is guarded by it, so a run that was abandoned (timed out, cancelled, lease lost) can never write again.
+   */
+  readonly leaseToken: string | null
+  /**
+   * Runs of the current step that ended without recording an outcome (worker killed, process exit, lease lost),
+   * counted by the claim that took over. Reset when the step completes or the program is resumed.
+   */
+  readonly stepLostCount: number
   /** Earliest time the current step may run (delayed retries). */
   readonly nextRunAt: Date
   /**
@@ -36,12 +49,36 @@ export type ProgramStatus = "in_progress" | "finished" | "errored"
 export const status = (program: ProgramRecord): ProgramStatus =>
   program.finishedAt !== null ? "finished" : program.erroredAt !== null ? "errored" : "in_progress"
 
+/** Longest runId a wake-up may name: the width of the `run_id` column on MySQL. */
+export const maxRunIdLength = 64
+/** Largest step a wake-up may name: the `step` column is a 32-bit integer. */
+export const maxStep = 2 ** 31 - 1
+
+/**
+ * Whether a decoded wake-up names something the table can hold. Checked at the edge, so a message that no database
+ * could ever answer (a runId with NUL, a step out of int4 range) is dropped as poison instead of failing a statement
+ * on every delivery.
+ */
+export const isValidWakeUp = (runId: unknown, step: unknown): boolean =>
+  typeof runId === "string" && runId.length > 0 && runId.length <= maxRunIdLength && !runId.includes("\u0000") &&
+  typeof step === "number" && Number.isInteger(step) && step >= 0 && step <= maxStep
+
 /** A wake-up for one step of one program. The database is the only truth: a message only says "look at this". */
 export const WakeUp = Schema.Struct({
-  runId: Schema.String,
-  step: Schema.Int.pipe(Schema.nonNegative())
+  runId: Schema.String.pipe(
+    Schema.minLength(1),
+    Schema.maxLength(maxRunIdLength),
+    Schema.filter((runId) => !runId.includes("\u0000") || "a runId cannot contain NUL")
+  ),
+  step: Schema.Int.pipe(Schema.between(0, maxStep))
 })
 export type WakeUp = typeof WakeUp.Type
+
+/**
+ * Text as every dialect can store it: PostgreSQL refuses NUL in `text`, so it is written as the six characters
+ * `\u0000`. Applied to every error message and cancel reason before it is written.
+ */
+export const storableText = (text: string): string => text.includes("\u0000") ? text.replaceAll("\u0000", "\\u0000") : text
 
 const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown }).annotations({
   identifier: "JsonObject",

@@ -20,18 +20,32 @@ import type {
 
 export class RepositoryError extends Schema.TaggedError<RepositoryError>()("RepositoryError", {
   message: Schema.String,
-  cause: Schema.optionalWith(Schema.Defect, { exact: true })
+  cause: Schema.optionalWith(Schema.Defect, { exact: true }),
+  /**
+   * `false` when the database refused the statement for its data (a value out of range, text it cannot store): the
+   * same statement would fail the same way, so it is not retried. Absent or `true`: the connection or the server's
+   * state (refused, reset, timeout, too many connections, deadlock), worth retrying.
+   */
+  transient: Schema.optionalWith(Schema.Boolean, { exact: true })
 }) {}
 
-/** Proof that a worker holds the current step of a program. Writes guarded by it fail once it is lost. */
+/** Whether retrying the failed operation may succeed (see `RepositoryError.transient`). */
+export const isTransient = (error: unknown): boolean =>
+  !(typeof error === "object" && error !== null && (error as { readonly transient?: unknown }).transient === false)
+
+/**
+ * Proof that a worker holds the current step of a program: the claim's fencing token. Every write guarded by it
+ * fails once the lease is lost or the step claimed again, even by the same worker.
+ */
 export interface Lease {
   readonly runId: string
   readonly step: number
-  readonly owner: string
+  /** The claim's fencing token (`lease_token`), fresh at every claim. */
+  readonly token: string
 }
 
 export interface ClaimOptions {
-  /** Identifies the worker; written to `locked_by`. */
+  /** Identifies the worker; written to `locked_by`. (The fencing token is made by each claim.) */
   readonly owner: string
   readonly leaseFor: Duration.Duration
 }
@@ -65,8 +79,10 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
     readonly list: (query: ListQuery) => Effect.Effect<ReadonlyArray<ProgramRecord>, RepositoryError>
     /**
      * Takes the lease on step `target.step` if, atomically: the program is neither finished nor errored, is at
-     * that step, its lease is free or expired, and `next_run_at` is due. Returns the row as it is after the claim
-     * (so nothing re-reads it), or `None` when the claim is refused (duplicate, stale, cancelled, finished, early).
+     * that step, its lease is free or expired, and `next_run_at` is due. Writes a fresh fencing token
+     * (`leaseToken`) and, when the previous run of the step never released its lease (`locked_by` still set), counts
+     * it in `stepLostCount`. Returns the row as it is after the claim (so nothing re-reads it), or `None` when the
+     * claim is refused (duplicate, stale, cancelled, finished, early).
      */
     readonly claim: (
       target: WakeUp,
@@ -76,7 +92,7 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
     /** Replaces one job's entry of `job_data`, only while the lease is held. False when it is not. */
     readonly writeJobData: (lease: Lease, jobName: string, value: unknown) => Effect.Effect<boolean, RepositoryError>
     /**
-     * Moves to `step + 1` (clearing the lease and `step_retry_count`) or, when `finished`, sets `finished_at`.
+     * Moves to `step + 1` (clearing the lease, `step_retry_count` and `step_lost_count`) or, when `finished`, sets `finished_at`.
      * Guarded by step and lease: false when the lease was lost and nothing changed.
      */
     readonly advance: (lease: Lease, options: { readonly finished: boolean }) => Effect.Effect<boolean, RepositoryError>
@@ -86,18 +102,29 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
     readonly fail: (lease: Lease, errorMessage: string) => Effect.Effect<boolean, RepositoryError>
     /** Gives the step back without recording anything (an interrupted job): it can be claimed again at once. */
     readonly release: (lease: Lease) => Effect.Effect<void, RepositoryError>
+    /**
+     * Steps whose lease expired without being released: their worker died or lost them mid-run. Marks each as seen
+     * (`locked_until` cleared, `locked_by` kept, so the next claim still counts the lost run) and returns them, so
+     * they are re-published once, at once, rather than after `staleAfter`.
+     */
+    readonly recoverExpired: (limit: number) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
     /** Sets `errored_at` with the reason; a running job sees it at its next heartbeat. */
     readonly cancel: (
       runId: string,
       reason: string
     ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
-    /** Clears the error of an errored program and resets its retry count, at the step where it failed. */
+    /**
+     * Clears the error of an errored program and resets its retry and lost-run counts, at the step where it failed.
+     * A lease that is still live is left alone: its run goes on (or sees the cancel) under its own token.
+     */
     readonly resume: (
       runId: string
     ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
     /**
-     * Steps that should be running but apparently are not: unfinished, not errored, unleased, due, idle. Marks what
-     * it returns as touched (`updated_at`), so each is returned once per `idleFor`, not at every sweep of every worker.
+     * Steps that should be running but apparently are not: unfinished, not errored, unleased, due, idle for
+     * `idleFor`. Marks what it returns as touched (`updated_at`) and backs off: a step returned once is returned again
+     * only after it has waited twice as long as it had then (idleFor, 2×, 4×…), so a backlog that drains slower than
+     * `idleFor` does not get one more message per waiting step per period.
      */
     readonly findStale: (query: StaleQuery) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
   }

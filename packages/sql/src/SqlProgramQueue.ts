@@ -7,7 +7,7 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import Pg from "pg"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { type ProgramRecord, ProgramQueue, type RepositoryError } from "@program-executor/core"
+import { type Lease, type ProgramRecord, ProgramQueue, type RepositoryError } from "@program-executor/core"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
@@ -19,7 +19,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { InvalidTableNameError, type Lease, toRepositoryError } from "./internal/programsTable.js"
+import { InvalidTableNameError, toRepositoryError } from "./internal/programsTable.js"
 import { makeTable } from "./SqlProgramRepository.js"
 
 export { InvalidTableNameError }
@@ -166,7 +166,7 @@ export const make = (
           let tableDrainedAt: number | undefined
           const maxBufferedMillis = Math.min(2_000, Duration.toMillis(leaseFor) / 3)
 
-          const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, owner })
+          const leaseOf = (row: ProgramRecord): Lease => ({ runId: row.runId, step: row.step, token: row.leaseToken ?? "" })
           const giveBack = (leases: ReadonlyArray<Lease>) =>
             table.releaseAll(leases).pipe(
               Effect.mapError(toRepositoryError("giving back claimed steps")),

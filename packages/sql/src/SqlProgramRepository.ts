@@ -74,6 +74,8 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
       ),
     fail: (lease, errorMessage) => Effect.mapError(table.fail(lease, errorMessage), toRepositoryError("failing the step")),
     release: (lease) => table.release(lease).pipe(Effect.asVoid, Effect.mapError(toRepositoryError("releasing the step"))),
+    recoverExpired: (limit) =>
+      Effect.mapError(table.recoverExpired(limit), toRepositoryError("recovering expired leases")),
     cancel: (runId, reason) =>
       table.cancel(runId, reason).pipe(
         Effect.mapError(toRepositoryError("cancelling the program")),

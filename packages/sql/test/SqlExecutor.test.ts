@@ -259,8 +259,9 @@ describe("SQLite", () => {
       expect(Option.isNone(yield* Fiber.poll(claim))).toBe(true) // waiting for the transaction
       yield* Deferred.succeed(rollBack, undefined)
       expect(Exit.isFailure(yield* Fiber.join(transaction))).toBe(true)
-      expect(Option.isSome(yield* Fiber.join(claim))).toBe(true)
-      const lease = { runId: program.runId, step: 0, owner: "w" }
+      const claimed = yield* Fiber.join(claim)
+      expect(Option.isSome(claimed)).toBe(true)
+      const lease = { runId: program.runId, step: 0, token: Option.getOrThrow(claimed).leaseToken! }
       expect(yield* repository.advance(lease, { finished: false })).toBe(true)
       // Both survived the rollback (they ran after it, outside the transaction); its write did not.
       const row = Option.getOrThrow(yield* repository.get(program.runId))
@@ -340,9 +341,10 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
         discard: true
       })
       const runId = runIds[150]!
-      expect(Option.isSome(yield* repository.claim({ runId, step: 0 }, { owner: "w", leaseFor: Duration.seconds(30) })))
-        .toBe(true)
-      expect(yield* repository.advance({ runId, step: 0, owner: "w" }, { finished: false })).toBe(true)
+      const claimed = yield* repository.claim({ runId, step: 0 }, { owner: "w", leaseFor: Duration.seconds(30) })
+      expect(Option.isSome(claimed)).toBe(true)
+      const token = Option.getOrThrow(claimed).leaseToken!
+      expect(yield* repository.advance({ runId, step: 0, token }, { finished: false })).toBe(true)
       const updates = plans.filter((entry) => entry.statement.startsWith("UPDATE"))
       expect(updates.length).toBe(2) // the claim, the advance
       for (const { plan } of updates) expect(plan).toContain(`"Index Name":"${tableName}_run_id_key"`)

@@ -3,8 +3,9 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import { randomUUID } from "node:crypto"
 import type { ProgramRecord } from "../Program.js"
-import { defaultListLimit, ProgramNotFoundError, ProgramStateError, status } from "../Program.js"
+import { defaultListLimit, ProgramNotFoundError, ProgramStateError, status, storableText } from "../Program.js"
 import type { Lease, ProgramRepository } from "../ProgramRepository.js"
 
 /** Stored values go through JSON, as they do in SQL, so memory-backed tests catch what a database would. */
@@ -31,7 +32,7 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
       }))
 
   const holds = (lease: Lease) => (row: ProgramRecord, at: Date) =>
-    row.step === lease.step && row.lockedBy === lease.owner && row.lockedUntil !== null &&
+    row.step === lease.step && row.leaseToken === lease.token && row.lockedUntil !== null &&
     row.lockedUntil > at && row.finishedAt === null && row.erroredAt === null
 
   const released = { lockedBy: null, lockedUntil: null } as const
@@ -59,6 +60,8 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             updatedAt: at,
             lockedBy: null,
             lockedUntil: null,
+            leaseToken: null,
+            stepLostCount: 0,
             nextRunAt: at,
             corruption: null
           }
@@ -86,7 +89,13 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
         (row, at) =>
           inProgress(row) && row.step === target.step && row.nextRunAt <= at &&
           (row.lockedUntil === null || row.lockedUntil <= at),
-        (_, at) => ({ lockedBy: options.owner, lockedUntil: plus(at, options.leaseFor) })
+        (row, at) => ({
+          // A lease never released is a run that ended without an outcome: count it.
+          stepLostCount: row.stepLostCount + (row.lockedBy !== null ? 1 : 0),
+          lockedBy: options.owner,
+          lockedUntil: plus(at, options.leaseFor),
+          leaseToken: randomUUID()
+        })
       ),
 
     extendLease: (lease, leaseFor) =>
@@ -113,30 +122,46 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
         holds(lease),
         (row, at) =>
           finished
-            ? { ...released, finishedAt: at, stepRetryCount: 0 }
-            : { ...released, step: row.step + 1, stepRetryCount: 0, nextRunAt: at }
+            ? { ...released, finishedAt: at, stepRetryCount: 0, stepLostCount: 0 }
+            : { ...released, step: row.step + 1, stepRetryCount: 0, stepLostCount: 0, nextRunAt: at }
       ).pipe(Effect.map(Option.isSome)),
 
     scheduleRetry: (lease, options) =>
       updateIf(lease.runId, holds(lease), (row, at) => ({
         ...released,
-        errorMessage: options.errorMessage,
+        errorMessage: storableText(options.errorMessage),
         stepRetryCount: row.stepRetryCount + (options.countAttempt ? 1 : 0),
         nextRunAt: plus(at, options.delay)
       })).pipe(Effect.map(Option.isSome)),
 
     fail: (lease, errorMessage) =>
-      updateIf(lease.runId, holds(lease), (_, at) => ({ ...released, erroredAt: at, errorMessage })).pipe(
+      updateIf(lease.runId, holds(lease), (_, at) => ({
+        ...released,
+        erroredAt: at,
+        errorMessage: storableText(errorMessage)
+      })).pipe(
         Effect.map(Option.isSome)
       ),
 
     release: (lease) =>
-      updateIf(lease.runId, (row) => row.step === lease.step && row.lockedBy === lease.owner, () => released).pipe(
-        Effect.asVoid
-      ),
+      updateIf(
+        lease.runId,
+        (row) => row.step === lease.step && row.leaseToken === lease.token && row.lockedBy !== null,
+        () => released
+      ).pipe(Effect.asVoid),
+
+    recoverExpired: (limit) =>
+      Effect.flatMap(now, (at) =>
+        Ref.modify(rows, (map) => {
+          const expired = Array.from(map.values())
+            .filter((row) => inProgress(row) && row.lockedBy !== null && row.lockedUntil !== null && row.lockedUntil <= at)
+            .slice(0, limit)
+          for (const row of expired) map.set(row.runId, { ...row, lockedUntil: null, updatedAt: at })
+          return [expired.map((row) => ({ runId: row.runId, step: row.step })), map]
+        })),
 
     cancel: (runId, reason) =>
-      updateIf(runId, inProgress, (_, at) => ({ erroredAt: at, errorMessage: reason })).pipe(
+      updateIf(runId, inProgress, (_, at) => ({ erroredAt: at, errorMessage: storableText(reason) })).pipe(
         Effect.flatMap(Option.match({
           onSome: Effect.succeed,
           onNone: () => refuse(runId, (row) => `program is already ${status(row)}`)
@@ -144,11 +169,13 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
       ),
 
     resume: (runId) =>
-      updateIf(runId, (row) => row.erroredAt !== null && row.finishedAt === null, (_, at) => ({
-        ...released,
+      updateIf(runId, (row) => row.erroredAt !== null && row.finishedAt === null, (row, at) => ({
+        // A live lease is left alone: its run goes on, or sees the cancel, under its own token.
+        ...(row.lockedUntil !== null && row.lockedUntil > at ? {} : released),
         erroredAt: null,
         errorMessage: null,
         stepRetryCount: 0,
+        stepLostCount: 0,
         nextRunAt: at
       })).pipe(
         Effect.flatMap(Option.match({
@@ -164,7 +191,9 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
           const stale = Array.from(map.values())
             .filter((row) =>
               inProgress(row) && (row.lockedUntil === null || row.lockedUntil <= at) &&
-              row.nextRunAt.getTime() <= idleSince && row.updatedAt.getTime() <= idleSince
+              row.nextRunAt.getTime() <= idleSince && row.updatedAt.getTime() <= idleSince &&
+              // Back-off: untouched for at least as long as it had waited when last touched.
+              2 * row.updatedAt.getTime() - row.nextRunAt.getTime() <= at.getTime()
             )
             .sort((a, b) => a.nextRunAt.getTime() - b.nextRunAt.getTime())
             .slice(0, limit)

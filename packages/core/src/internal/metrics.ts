@@ -10,6 +10,10 @@ export const stepsCompleted = Metric.counter("program_executor_steps_completed_t
 /** Wake-ups that did not run a step: duplicates, stale or cancelled programs. */
 export const wakeUpsDropped = Metric.counter("program_executor_wakeups_dropped_total", { incremental: true })
 export const stepsRecovered = Metric.counter("program_executor_sweeper_republished_total", { incremental: true })
+/** Wake-ups that can never run: malformed, naming what no table can hold, or refused by the database for their data. */
+export const wakeUpsPoisoned = Metric.counter("program_executor_wakeups_poisoned_total", { incremental: true })
+/** Steps whose lease expired without an outcome (their worker died), re-published at once. */
+export const leasesRecovered = Metric.counter("program_executor_expired_leases_recovered_total", { incremental: true })
 export const jobDuration = Metric.histogram(
   "program_executor_job_duration_seconds",
   MetricBoundaries.exponential({ start: 0.001, factor: 4, count: 10 })

@@ -59,7 +59,7 @@ const complete = (delivery: Delivery) =>
       : yield* repository.claim(delivery.message, claimOptions)
     expect(Option.isSome(claimed), `claim of ${delivery.message.runId}`).toBe(true)
     const advanced = yield* repository.advance(
-      { runId: delivery.message.runId, step: delivery.message.step, owner: claimOptions.owner },
+      { runId: delivery.message.runId, step: delivery.message.step, token: Option.getOrThrow(claimed).leaseToken! },
       { finished: true }
     )
     expect(advanced).toBe(true)
@@ -115,8 +115,9 @@ export const programQueueConformance = (
         const [runId] = yield* newPrograms(1)
         const subscription = yield* subscribe(4)
         // As the executor schedules a retry: record it (next_run_at), then publish with the delay.
-        const lease = { runId: runId!, step: 0, owner: claimOptions.owner }
-        expect(Option.isSome(yield* repository.claim({ runId: runId!, step: 0 }, claimOptions))).toBe(true)
+        const claimed = yield* repository.claim({ runId: runId!, step: 0 }, claimOptions)
+        expect(Option.isSome(claimed)).toBe(true)
+        const lease = { runId: runId!, step: 0, token: Option.getOrThrow(claimed).leaseToken! }
         const startedAt = Date.now()
         expect(yield* repository.scheduleRetry(lease, { errorMessage: "later", delay, countAttempt: true })).toBe(true)
         yield* queue.publish({ runId: runId!, step: 0 }, { delay })

@@ -52,7 +52,14 @@ const claimed = (target: WakeUp, by = owner, leaseFor: Duration.Duration = lease
     Effect.map(Option.getOrThrowWith(() => new Error(`claim of ${target.runId} step ${target.step} was refused`)))
   )
 
-const leaseOf = (program: ProgramRecord, by = owner): Lease => ({ runId: program.runId, step: program.step, owner: by })
+const leaseOf = (program: ProgramRecord): Lease => ({
+  runId: program.runId,
+  step: program.step,
+  token: program.leaseToken ?? ""
+})
+
+/** The same step under a token no claim made: what a run sees once the step was claimed again. */
+const otherToken = "token of another claim"
 
 /** Retries `effect` every 20 ms until `done` holds, at most `within`. */
 const eventually = <A, E, R>(
@@ -181,7 +188,7 @@ export const programRepositoryConformance = (
         expect(Option.isNone(yield* claim({ runId: program.runId, step: 0 }, other))).toBe(true)
         const second = yield* eventually(claim({ runId: program.runId, step: 0 }, other), Option.isSome)
         expect(Option.getOrThrow(second).lockedBy).toBe(other)
-        const stale = leaseOf(first, owner)
+        const stale = leaseOf(first)
         expect(yield* repository.extendLease(stale, lease)).toBe("lost")
         expect(yield* repository.writeJobData(stale, "first", { overwritten: true })).toBe(false)
         expect(yield* repository.advance(stale, { finished: false })).toBe(false)
@@ -206,6 +213,117 @@ export const programRepositoryConformance = (
         expect((yield* get(program.runId)).step).toBe(0)
       }))
 
+    test("every claim writes a fresh fencing token: an earlier claim of the same step by the same worker can no longer write", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const first = yield* claimed({ runId: program.runId, step: 0 })
+        expect(first.leaseToken).not.toBeNull()
+        // The first run ends (a timeout recorded as a retry) while its job goes on; the same worker claims again.
+        expect(yield* repository.scheduleRetry(leaseOf(first), { errorMessage: "timed out", delay: Duration.zero, countAttempt: true }))
+          .toBe(true)
+        const second = Option.getOrThrow(yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome))
+        expect(second.lockedBy).toBe(first.lockedBy)
+        expect(second.leaseToken).not.toBe(first.leaseToken)
+        const abandoned = leaseOf(first)
+        expect(yield* repository.writeJobData(abandoned, "first", { from: "abandoned run" })).toBe(false)
+        expect(yield* repository.extendLease(abandoned, lease)).toBe("lost")
+        expect(yield* repository.advance(abandoned, { finished: false })).toBe(false)
+        expect(yield* repository.scheduleRetry(abandoned, { errorMessage: "x", delay: Duration.zero, countAttempt: true }))
+          .toBe(false)
+        expect(yield* repository.fail(abandoned, "x")).toBe(false)
+        yield* repository.release(abandoned)
+        expect(yield* get(program.runId)).toMatchObject({ step: 0, lockedBy: owner, leaseToken: second.leaseToken, jobData: {} })
+        expect(yield* repository.writeJobData(leaseOf(second), "first", { from: "current run" })).toBe(true)
+        expect((yield* get(program.runId)).jobData).toEqual({ first: { from: "current run" } })
+      }))
+
+    test("a claim that takes over a lease never released counts a lost run; completing the step resets the count", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const first = yield* claimed({ runId: program.runId, step: 0 }, owner, Duration.millis(200))
+        expect(first.stepLostCount).toBe(0)
+        // Its worker dies: nothing is recorded, the lease expires.
+        const second = Option.getOrThrow(yield* eventually(claim({ runId: program.runId, step: 0 }, other), Option.isSome))
+        expect(second).toMatchObject({ stepLostCount: 1, stepRetryCount: 0, lockedBy: other })
+        // A run that records its outcome (here a retry) or gives the step back is not lost.
+        yield* repository.scheduleRetry(leaseOf(second), { errorMessage: "x", delay: Duration.zero, countAttempt: true })
+        const third = Option.getOrThrow(yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome))
+        expect(third).toMatchObject({ stepLostCount: 1, stepRetryCount: 1 })
+        yield* repository.release(leaseOf(third))
+        const fourth = yield* claimed({ runId: program.runId, step: 0 })
+        expect(fourth.stepLostCount).toBe(1)
+        expect(yield* repository.advance(leaseOf(fourth), { finished: false })).toBe(true)
+        expect(yield* get(program.runId)).toMatchObject({ step: 1, stepLostCount: 0, stepRetryCount: 0 })
+      }))
+
+    test("a lease that expired refuses by itself every write of its run, with no other claim in between", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 }, owner, Duration.millis(200))
+        yield* eventually(get(program.runId), (p) => p.lockedUntil === null || p.lockedUntil.getTime() < Date.now() - 50)
+        expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("lost")
+        expect(yield* repository.writeJobData(leaseOf(row), "first", { late: true })).toBe(false)
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        expect(yield* get(program.runId)).toMatchObject({ step: 0, jobData: {}, leaseToken: row.leaseToken })
+      }))
+
+    test("recoverExpired returns each step whose lease expired unreleased once, and the next claim counts the lost run", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const dead = yield* insert()
+        const alive = yield* insert()
+        const released = yield* insert()
+        yield* claimed({ runId: dead.runId, step: 0 }, owner, Duration.millis(200))
+        yield* claimed({ runId: alive.runId, step: 0 }, owner, lease)
+        yield* repository.release(leaseOf(yield* claimed({ runId: released.runId, step: 0 }, owner, Duration.millis(200))))
+        const found = yield* eventually(
+          repository.recoverExpired(100).pipe(Effect.map((all) => all.filter((w) => [dead, alive, released].some((p) => p.runId === w.runId)))),
+          (mine) => mine.length > 0
+        )
+        expect(found).toEqual([{ runId: dead.runId, step: 0 }])
+        expect(yield* get(dead.runId)).toMatchObject({ lockedBy: owner, lockedUntil: null })
+        const again = yield* repository.recoverExpired(100)
+        expect(again.some((w) => w.runId === dead.runId)).toBe(false)
+        expect((yield* claimed({ runId: dead.runId, step: 0 }, other)).stepLostCount).toBe(1)
+      }))
+
+    test("resume leaves a lease that is still live alone, and clears one that expired", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const live = yield* insert()
+        const row = yield* claimed({ runId: live.runId, step: 0 })
+        yield* repository.cancel(live.runId, "by user")
+        const resumed = yield* repository.resume(live.runId)
+        expect(resumed).toMatchObject({ erroredAt: null, lockedBy: owner, leaseToken: row.leaseToken })
+        expect(Option.isNone(yield* claim({ runId: live.runId, step: 0 }, other))).toBe(true)
+        // The run goes on under its own token.
+        expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("held")
+        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(true)
+
+        const expired = yield* insert()
+        yield* claimed({ runId: expired.runId, step: 0 }, owner, Duration.millis(200))
+        yield* repository.cancel(expired.runId, "by user")
+        yield* eventually(get(expired.runId), (p) => p.lockedUntil !== null && p.lockedUntil.getTime() < Date.now() - 50)
+        expect(yield* repository.resume(expired.runId)).toMatchObject({ lockedBy: null, lockedUntil: null, stepLostCount: 0 })
+        expect((yield* claimed({ runId: expired.runId, step: 0 }, other)).stepLostCount).toBe(0)
+      }))
+
+    test("an error message or cancel reason with NUL and any other text is stored (NUL as the text \\u0000)", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        const message = "bad byte \u0000 in 'quotes' \"double\" ✓ 😀 \\ end"
+        expect(yield* repository.fail(leaseOf(row), message)).toBe(true)
+        expect((yield* get(program.runId)).errorMessage).toBe(message.replace("\u0000", "\\u0000"))
+        const other = yield* insert()
+        yield* repository.cancel(other.runId, "reason \u0000")
+        expect((yield* get(other.runId)).errorMessage).toBe("reason \\u0000")
+      }))
+
     test("extendLease: held while held, cancelled once errored, lost once the step moved", () =>
       Effect.gen(function*() {
         const repository = yield* repo
@@ -215,7 +333,7 @@ export const programRepositoryConformance = (
         const extended = yield* get(program.runId)
         expect(extended.lockedUntil!.getTime()).toBeGreaterThan(row.lockedUntil!.getTime())
         expect(extended.lockedBy).toBe(owner)
-        expect(yield* repository.extendLease({ ...leaseOf(row), owner: other }, lease)).toBe("lost")
+        expect(yield* repository.extendLease({ ...leaseOf(row), token: otherToken }, lease)).toBe("lost")
 
         yield* repository.cancel(program.runId, "by user")
         expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("cancelled")
@@ -232,13 +350,13 @@ export const programRepositoryConformance = (
         const program = yield* insert()
         const row = yield* claimed({ runId: program.runId, step: 0 })
         yield* repository.scheduleRetry(leaseOf(row), { errorMessage: "once", delay: Duration.zero, countAttempt: true })
-        const retried = yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome)
-        expect(Option.getOrThrow(retried).stepRetryCount).toBe(1)
-        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(true)
+        const retried = Option.getOrThrow(yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome))
+        expect(retried.stepRetryCount).toBe(1)
+        expect(yield* repository.advance(leaseOf(retried), { finished: false })).toBe(true)
         const moved = yield* get(program.runId)
         expect(moved).toMatchObject({ step: 1, stepRetryCount: 0, lockedBy: null, lockedUntil: null, finishedAt: null })
         // Advancing twice is impossible: the lease is gone.
-        expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        expect(yield* repository.advance(leaseOf(retried), { finished: false })).toBe(false)
         expect((yield* get(program.runId)).step).toBe(1)
         // The next step is due at once.
         const next = yield* claimed({ runId: program.runId, step: 1 })
@@ -266,7 +384,7 @@ export const programRepositoryConformance = (
           second: { b: [1, 2, { c: null }] },
           "we'ird \"name\"": { n: "é ✓" }
         })
-        expect(yield* repository.writeJobData({ ...leaseOf(row), owner: other }, "first", {})).toBe(false)
+        expect(yield* repository.writeJobData({ ...leaseOf(row), token: otherToken }, "first", {})).toBe(false)
         expect(yield* repository.writeJobData({ ...leaseOf(row), step: 1 }, "first", {})).toBe(false)
         // Job data survives advancing.
         yield* repository.advance(leaseOf(row), { finished: false })
@@ -323,7 +441,7 @@ export const programRepositoryConformance = (
         const repository = yield* repo
         const program = yield* insert()
         const row = yield* claimed({ runId: program.runId, step: 0 })
-        yield* repository.release({ ...leaseOf(row), owner: other })
+        yield* repository.release({ ...leaseOf(row), token: otherToken })
         expect((yield* get(program.runId)).lockedBy).toBe(owner)
         yield* repository.release(leaseOf(row))
         const released = yield* get(program.runId)
@@ -417,6 +535,23 @@ export const programRepositoryConformance = (
           (batch) => batch.length > 0
         )
         expect(again.every((wakeUp) => found.some((f) => f.runId === wakeUp.runId))).toBe(true)
+      }))
+
+    test("findStale backs off: a step returned after waiting W is not returned again before it has waited W more", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const mine = (idleFor: Duration.DurationInput) =>
+          Effect.map(
+            repository.findStale({ idleFor: Duration.decode(idleFor), limit: 100 }),
+            (batch) => batch.some((wakeUp) => wakeUp.runId === program.runId)
+          )
+        // First returned once it has waited at least 600 ms.
+        yield* eventually(mine("600 millis"), (found) => found)
+        const firstAt = Date.now()
+        // With a 200 ms idle period it would come back after 200 ms; backing off, only after 600 ms more.
+        yield* eventually(mine("200 millis"), (found) => found)
+        expect(Date.now() - firstAt).toBeGreaterThanOrEqual(550)
       }))
 
     test("list filters by status, in-progress and retry count, orders by id, pages with limit and offset", () =>

@@ -5,8 +5,8 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
-import { type Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
-import { createHash } from "node:crypto"
+import { type Lease, Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
+import { createHash, randomUUID } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
@@ -79,6 +79,8 @@ interface Row {
   readonly updated_at: unknown
   readonly locked_by: string | null
   readonly locked_until: unknown
+  readonly lease_token: string | null
+  readonly step_lost_count: number | string
   readonly next_run_at: unknown
 }
 
@@ -161,18 +163,14 @@ export const decodeRowWith = (row: Row, parsed: JsonColumns): ProgramRecord => {
     updatedAt: required("updated_at", row.updated_at),
     lockedBy: row.locked_by,
     lockedUntil: optional("locked_until", row.locked_until),
+    leaseToken: row.lease_token,
+    stepLostCount: Number(row.step_lost_count),
     nextRunAt: required("next_run_at", row.next_run_at),
     corruption: problems.length === 0 ? null : `the stored program cannot be read: ${problems.join("; ")}`
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-
-export interface Lease {
-  readonly runId: string
-  readonly step: number
-  readonly owner: string
-}
 
 export type ProgramsTable = ReturnType<typeof makeStatements>
 
@@ -202,7 +200,7 @@ export const makeStatements = (
   const decodeRow = (row: Row) => decodeRowWith(row, jsonColumns)
   const columns = lit(
     "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, error_message, " +
-      "created_at, updated_at, locked_by, locked_until, next_run_at"
+      "created_at, updated_at, locked_by, locked_until, lease_token, step_lost_count, next_run_at"
   )
 
   // The database clock, always. PostgreSQL's now() is the statement's transaction time.
@@ -231,7 +229,7 @@ export const makeStatements = (
   const rowInProgress = lit(rowInProgressText)
   const leaseFree = sql`(locked_until IS NULL OR locked_until <= ${now})`
   const holds = (lease: Lease) =>
-    sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner} AND locked_until > ${now} AND ${rowInProgress}`
+    sql`run_id = ${lease.runId} AND step = ${lease.step} AND lease_token = ${lease.token} AND locked_until > ${now} AND ${rowInProgress}`
   const released = lit("locked_by = NULL, locked_until = NULL")
 
   /** A guarded write: true when it changed the row. MySQL has no UPDATE … RETURNING: it reports affected rows. */
@@ -298,9 +296,13 @@ export const makeStatements = (
   const leaseFreeText = `(locked_until IS NULL OR locked_until <= ${nowText})`
   const dueText = `${inProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
   const columnsText = "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, " +
-    "error_message, created_at, updated_at, locked_by, locked_until, next_run_at"
-  // Parameters: owner, lease duration.
-  const takeLeaseText = `locked_by = ${placeholder(1)}, locked_until = ${plusText(2)}, updated_at = ${nowText}`
+    "error_message, created_at, updated_at, locked_by, locked_until, lease_token, step_lost_count, next_run_at"
+  // Parameters: owner, lease duration, fencing token. A `locked_by` still set is a run that never recorded an outcome
+  // (its lease expired): counted before `locked_by` is overwritten (MySQL applies SET assignments left to right).
+  const lostRunText = "step_lost_count = step_lost_count + CASE WHEN locked_by IS NULL THEN 0 ELSE 1 END"
+  const takeLeaseText = `${lostRunText}, locked_by = ${placeholder(1)}, locked_until = ${plusText(2)}, lease_token = ${
+    placeholder(3)
+  }, updated_at = ${nowText}`
 
   // Parameters: run id, program data, jobs, job data (JSON texts).
   const jsonParam = (n: number) => dialect === "pg" ? `${placeholder(n)}::jsonb` : placeholder(n)
@@ -319,12 +321,12 @@ export const makeStatements = (
     return Effect.map(rows, (rows) => decodeRow(rows[0] as Row))
   }
 
-  // Parameters: owner, lease duration, run id, step.
-  const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(3)} AND step = ${
-    placeholder(4)
+  // Parameters: owner, lease duration, token, run id, step.
+  const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(4)} AND step = ${
+    placeholder(5)
   } AND ${rowInProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
   const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) => {
-    const params = [owner, plusParam(leaseFor), target.runId, target.step]
+    const params = [owner, plusParam(leaseFor), randomUUID(), target.runId, target.step]
     return dialect === "mysql"
       ? Effect.flatMap(sql.unsafe(claimText, params).raw, (result) =>
         affectedRows(result) > 0 ? selectOne(target.runId) : Effect.succeed(undefined))
@@ -334,32 +336,33 @@ export const makeStatements = (
       )
   }
 
-  // Parameters: run id, step, owner.
-  const holdsText = `run_id = ${placeholder(1)} AND step = ${placeholder(2)} AND locked_by = ${
+  // Parameters: run id, step, token.
+  const holdsText = `run_id = ${placeholder(1)} AND step = ${placeholder(2)} AND lease_token = ${
     placeholder(3)
   } AND locked_until > ${nowText} AND ${rowInProgressText}`
   const releasedText = "locked_by = NULL, locked_until = NULL"
   const advanceTexts = {
-    next: `UPDATE ${quotedTable} SET ${releasedText}, step = step + 1, step_retry_count = 0, next_run_at = ${nowText}, updated_at = ${nowText} WHERE ${holdsText}`,
-    finished: `UPDATE ${quotedTable} SET ${releasedText}, finished_at = ${nowText}, step_retry_count = 0, updated_at = ${nowText} WHERE ${holdsText}`
+    next: `UPDATE ${quotedTable} SET ${releasedText}, step = step + 1, step_retry_count = 0, step_lost_count = 0, next_run_at = ${nowText}, updated_at = ${nowText} WHERE ${holdsText}`,
+    finished: `UPDATE ${quotedTable} SET ${releasedText}, finished_at = ${nowText}, step_retry_count = 0, step_lost_count = 0, updated_at = ${nowText} WHERE ${holdsText}`
   }
   /** Moves the program on, guarded by the lease; true when it did. */
   const advance = (lease: Lease, finished: boolean): Effect.Effect<boolean, SqlError> => {
     const text = finished ? advanceTexts.finished : advanceTexts.next
-    const params = [lease.runId, lease.step, lease.owner]
+    const params = [lease.runId, lease.step, lease.token]
     return dialect === "mysql"
       ? Effect.map(sql.unsafe(text, params).raw, (result) => affectedRows(result) > 0)
       : Effect.map(prepared.run(`${text} RETURNING id`, params), (rows) => rows.length > 0)
   }
 
-  // Parameters: owner, lease duration, limit.
+  // Parameters: owner, lease duration, token, limit. The rows of one claim share its token: a token fences the
+  // claims of one row, so it only has to differ from that row's earlier ones.
   const claimNextTexts = {
     pg: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
-      placeholder(3)
+      placeholder(4)
     } FOR UPDATE SKIP LOCKED) RETURNING ${columnsText}`,
     // One writer at a time: the subquery and the update are one atomic statement.
     sqlite: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
-      placeholder(3)
+      placeholder(4)
     }) RETURNING ${columnsText}`
   }
 
@@ -376,7 +379,7 @@ export const makeStatements = (
       case "pg":
       case "sqlite":
         return Effect.map(
-          prepared.run(claimNextTexts[dialect], [owner, plusParam(leaseFor), n]),
+          prepared.run(claimNextTexts[dialect], [owner, plusParam(leaseFor), randomUUID(), n]),
           (rows) => rows.map((row) => decodeRow(row as Row))
         )
       case "mysql":
@@ -390,10 +393,20 @@ export const makeStatements = (
             .withoutTransform
           if (rows.length === 0) return []
           const until = rows[0]!.db_until
-          yield* sql`UPDATE ${table} SET locked_by = ${owner}, locked_until = ${until}, updated_at = UTC_TIMESTAMP(3) WHERE ${
+          const token = randomUUID()
+          yield* sql`UPDATE ${table} SET ${lit(lostRunText)}, locked_by = ${owner}, locked_until = ${until}, lease_token = ${token}, updated_at = UTC_TIMESTAMP(3) WHERE ${
             sql.in("id", rows.map((row) => row.id))
           }`.raw
-          return rows.map((row) => ({ ...decodeRow(row), lockedBy: owner, lockedUntil: toDate(until) }))
+          return rows.map((row) => {
+            const before = decodeRow(row)
+            return {
+              ...before,
+              stepLostCount: before.stepLostCount + (before.lockedBy === null ? 0 : 1),
+              lockedBy: owner,
+              lockedUntil: toDate(until),
+              leaseToken: token
+            }
+          })
         }))
     }
   }
@@ -429,40 +442,45 @@ export const makeStatements = (
 
   const scheduleRetry = (lease: Lease, errorMessage: string, delay: Duration.Duration, countAttempt: boolean) =>
     update(
-      sql`${released}, error_message = ${errorMessage}, step_retry_count = step_retry_count + ${
+      sql`${released}, error_message = ${Program.storableText(errorMessage)}, step_retry_count = step_retry_count + ${
         countAttempt ? 1 : 0
       }, next_run_at = ${plus(delay)}, updated_at = ${now}`,
       holds(lease)
     )
 
   const fail = (lease: Lease, errorMessage: string) =>
-    update(sql`${released}, errored_at = ${now}, error_message = ${errorMessage}, updated_at = ${now}`, holds(lease))
+    update(
+      sql`${released}, errored_at = ${now}, error_message = ${Program.storableText(errorMessage)}, updated_at = ${now}`,
+      holds(lease)
+    )
 
   const release = (lease: Lease) =>
     update(
       sql`${released}, updated_at = ${now}`,
-      sql`run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner}`
+      sql`run_id = ${lease.runId} AND step = ${lease.step} AND lease_token = ${lease.token} AND locked_by IS NOT NULL`
     )
 
   /** Gives back several claimed rows at once (the queue's undelivered prefetch). */
   const releaseAll = (leases: ReadonlyArray<Lease>) => {
     if (leases.length === 0) return Effect.succeed(false)
     const clauses = leases.map((lease) =>
-      sql`(run_id = ${lease.runId} AND step = ${lease.step} AND locked_by = ${lease.owner})`
+      sql`(run_id = ${lease.runId} AND step = ${lease.step} AND lease_token = ${lease.token})`
     )
     return update(sql`${released}, updated_at = ${now}`, sql.or(clauses))
   }
 
   const cancel = (runId: string, reason: string) =>
     updateReturning(
-      sql`errored_at = ${now}, error_message = ${reason}, updated_at = ${now}`,
+      sql`errored_at = ${now}, error_message = ${Program.storableText(reason)}, updated_at = ${now}`,
       sql`run_id = ${runId} AND ${rowInProgress}`,
       runId
     )
 
+  // A live lease is left alone: its run goes on, or sees the cancel at its next heartbeat, under its own token.
+  // (`locked_by` is assigned first: MySQL evaluates the second CASE with it already changed, but not `locked_until`.)
   const resume = (runId: string) =>
     updateReturning(
-      sql`${released}, errored_at = NULL, error_message = NULL, step_retry_count = 0, next_run_at = ${now}, updated_at = ${now}`,
+      sql`locked_by = CASE WHEN locked_until > ${now} THEN locked_by ELSE NULL END, locked_until = CASE WHEN locked_until > ${now} THEN locked_until ELSE NULL END, errored_at = NULL, error_message = NULL, step_retry_count = 0, step_lost_count = 0, next_run_at = ${now}, updated_at = ${now}`,
       sql`run_id = ${runId} AND errored_at IS NOT NULL AND finished_at IS NULL`,
       runId
     )
@@ -474,31 +492,60 @@ export const makeStatements = (
       : dialect === "mysql"
       ? sql`DATE_SUB(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
       : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`-${millis / 1000} seconds`})`
-    const stale = sql`${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince}`
-    const n = lit(String(Math.max(1, Math.trunc(limit))))
-    type StaleRow = { readonly id: number | string; readonly run_id: string; readonly step: number | string }
-    const toWakeUps = (rows: ReadonlyArray<StaleRow>) =>
-      rows.map((row): WakeUp => ({ runId: row.run_id, step: Number(row.step) }))
+    // Back-off: a row touched by an earlier sweep waits, since then, at least as long as it had waited by then.
+    const backedOff = dialect === "pg"
+      ? lit("now() - updated_at >= updated_at - next_run_at")
+      : dialect === "mysql"
+      ? lit(
+        "TIMESTAMPDIFF(MICROSECOND, updated_at, UTC_TIMESTAMP(3)) >= TIMESTAMPDIFF(MICROSECOND, next_run_at, updated_at)"
+      )
+      : lit("julianday('now') - julianday(updated_at) >= julianday(updated_at) - julianday(next_run_at)")
+    const stale =
+      sql`${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince} AND ${backedOff}`
     // Touching `updated_at` marks the rows: each is returned once per idle period, not at every sweep of every worker.
+    return markReturning(sql`updated_at = ${now}`, stale, "next_run_at", limit)
+  }
+
+  /** Leases that expired without being released: cleared (`locked_by` kept, for the lost-run count) and returned. */
+  const recoverExpired = (limit: number) =>
+    markReturning(
+      sql`locked_until = NULL, updated_at = ${now}`,
+      sql`${inProgress} AND locked_by IS NOT NULL AND locked_until <= ${now}`,
+      "locked_until",
+      limit
+    )
+
+  /** Applies `set` to at most `limit` rows matching `where` (skipping rows others are locking) and returns them. */
+  const markReturning = (
+    set: Statement.Fragment,
+    where: Statement.Fragment,
+    orderBy: "next_run_at" | "locked_until",
+    limit: number
+  ) => {
+    const n = lit(String(Math.max(1, Math.trunc(limit))))
+    const order = lit(orderBy)
+    type MarkedRow = { readonly id: number | string; readonly run_id: string; readonly step: number | string }
+    const toWakeUps = (rows: ReadonlyArray<MarkedRow>) =>
+      rows.map((row): WakeUp => ({ runId: row.run_id, step: Number(row.step) }))
     switch (dialect) {
       case "pg":
         return Effect.map(
-          sql<StaleRow>`UPDATE ${table} SET updated_at = ${now} WHERE id IN (SELECT id FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING id, run_id, step`
+          sql<MarkedRow>`UPDATE ${table} SET ${set} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n} FOR UPDATE SKIP LOCKED) RETURNING id, run_id, step`
             .withoutTransform,
           toWakeUps
         )
       case "sqlite":
         return Effect.map(
-          sql<StaleRow>`UPDATE ${table} SET updated_at = ${now} WHERE id IN (SELECT id FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n}) RETURNING id, run_id, step`
+          sql<MarkedRow>`UPDATE ${table} SET ${set} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}) RETURNING id, run_id, step`
             .withoutTransform,
           toWakeUps
         )
       case "mysql":
         return sql.withTransaction(Effect.gen(function*() {
-          const rows = yield* sql<StaleRow>`SELECT id, run_id, step FROM ${table} WHERE ${stale} ORDER BY next_run_at LIMIT ${n} FOR UPDATE SKIP LOCKED`
+          const rows = yield* sql<MarkedRow>`SELECT id, run_id, step FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n} FOR UPDATE SKIP LOCKED`
             .withoutTransform
           if (rows.length === 0) return []
-          yield* sql`UPDATE ${table} SET updated_at = ${now} WHERE ${sql.in("id", rows.map((row) => row.id))}`.raw
+          yield* sql`UPDATE ${table} SET ${set} WHERE ${sql.in("id", rows.map((row) => row.id))}`.raw
           return toWakeUps(rows)
         }))
     }
@@ -531,6 +578,7 @@ export const makeStatements = (
     scheduleRetry: retrying(scheduleRetry),
     fail: retrying(fail),
     release: retrying(release),
+    recoverExpired: retrying(recoverExpired),
     releaseAll: retrying(releaseAll),
     cancel: retrying(cancel),
     resume: retrying(resume),
@@ -544,6 +592,38 @@ const jsonPath = (key: string) => `$.${JSON.stringify(key)}`
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Migration
+
+/** Columns added after the table's first release, with their definitions per dialect. */
+const addedColumns: ReadonlyArray<{ readonly name: string; readonly type: Record<Dialect, string> }> = [
+  { name: "lease_token", type: { pg: "text", mysql: "VARCHAR(64) NULL", sqlite: "TEXT" } },
+  {
+    name: "step_lost_count",
+    type: { pg: "integer NOT NULL DEFAULT 0", mysql: "INT NOT NULL DEFAULT 0", sqlite: "INTEGER NOT NULL DEFAULT 0" }
+  }
+]
+
+/**
+ * Adds the columns a table made by an earlier version lacks. Only to a table of ours (one with `next_run_at`): an old
+ * library's table is left as it is (see the README's migration notes). Looked up in the catalog rather than with
+ * `ADD COLUMN IF NOT EXISTS`, which SQLite and MySQL 8 do not have.
+ */
+const addMissingColumns = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) =>
+  Effect.gen(function*() {
+    const rows = dialect === "sqlite"
+      ? yield* sql<{ readonly name: string }>`SELECT name FROM pragma_table_info(${tableName})`.withoutTransform
+      : dialect === "pg"
+      ? yield* sql<{ readonly name: string }>`SELECT column_name AS name FROM information_schema.columns
+          WHERE table_schema = current_schema() AND table_name = ${tableName}`.withoutTransform
+      : yield* sql<{ readonly name: string }>`SELECT column_name AS name FROM information_schema.columns
+          WHERE table_schema = DATABASE() AND table_name = ${tableName}`.withoutTransform
+    const existing = new Set(rows.map((row) => String(row.name).toLowerCase()))
+    if (!existing.has("next_run_at")) return
+    for (const column of addedColumns) {
+      if (existing.has(column.name)) continue
+      yield* sql`ALTER TABLE ${sql(tableName)} ADD COLUMN ${sql(column.name)} ${sql.literal(column.type[dialect])}`
+        .withoutTransform
+    }
+  })
 
 /**
  * Creates the table and its indexes when missing. Every statement is idempotent, and PostgreSQL serializes concurrent
@@ -570,13 +650,17 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   updated_at timestamptz NOT NULL DEFAULT now(),
   locked_by text,
   locked_until timestamptz,
+  lease_token text,
+  step_lost_count integer NOT NULL DEFAULT 0,
   next_run_at timestamptz NOT NULL DEFAULT now()
 )`,
       sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
       // Claim, queue and sweeper: only unfinished rows are indexed, so finished history costs nothing per step.
       sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (next_run_at) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`
+      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
+      // Recovery of expired leases.
+      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
     ]
     : dialect === "mysql"
     ? [
@@ -595,12 +679,15 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   updated_at DATETIME(3) NOT NULL,
   locked_by VARCHAR(255) NULL,
   locked_until DATETIME(3) NULL,
+  lease_token VARCHAR(64) NULL,
+  step_lost_count INT NOT NULL DEFAULT 0,
   next_run_at DATETIME(3) NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
       sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
       // No partial indexes: IS NULL is an equality lookup, so the unfinished rows are still a contiguous range.
       sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (finished_at, errored_at, next_run_at)`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (finished_at, errored_at, id)`
+      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (finished_at, errored_at, id)`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (finished_at, errored_at, locked_until)`
     ]
     : [
       sql`CREATE TABLE IF NOT EXISTS ${t} (
@@ -618,14 +705,20 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
   locked_by TEXT,
   locked_until TEXT,
+  lease_token TEXT,
+  step_lost_count INTEGER NOT NULL DEFAULT 0,
   next_run_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
 )`,
       sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (next_run_at) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`
+      sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
+      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
     ]
-  const all = Effect.forEach(statements, (statement) => statement.withoutTransform, { discard: true })
+  const all = Effect.zipRight(
+    addMissingColumns(sql, dialect, tableName),
+    Effect.forEach(statements, (statement) => statement.withoutTransform, { discard: true })
+  )
   const run = dialect === "pg"
     ? sql.withTransaction(
       Effect.zipRight(sql`SELECT pg_advisory_xact_lock(hashtext(${`program-executor:${tableName}`}))`, all)
