@@ -61,8 +61,10 @@ describeWithServices("a backlog draining slower than staleAfter", () => {
       }
     })()
     try {
-      await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 80_000, () =>
-        `depth samples ${samples.filter((_, index) => index % 10 === 0).map((sample) => sample.depth).join(" ")}\n${current.logs()}`)
+      const everyTwoSeconds = () => samples.filter((_, index) => index % 10 === 0).map((sample) => sample.depth).join(" ")
+      const settled = async () => (await current.unsettled()) === 0
+      await eventually("every program finished and no lease is held", settled, 80_000, () =>
+        `depth samples ${everyTwoSeconds()}\n${current.logs()}`)
     } finally {
       sampling = false
       await sampler

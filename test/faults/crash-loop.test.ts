@@ -77,7 +77,9 @@ describeWithServices("a job that kills its worker process", () => {
     })()
     const [crashing] = await current.create(1, crashingJobs)
     const explain = () =>
-      `${exits.length} exit(s): ${exits.map((exit) => `${exit.pid} code ${exit.code} at ${new Date(exit.at).toISOString()}`).join(", ")}\n${current.logs()}`
+      `${exits.length} exit(s): ` +
+      `${exits.map((exit) => `${exit.pid} code ${exit.code} at ${new Date(exit.at).toISOString()}`).join(", ")}\n` +
+      current.logs()
     const program = async () =>
       (await current.db.query<{ errored_at: Date | null; error_message: string | null; step: number }>(
         `SELECT errored_at, error_message, step FROM ${current.name} WHERE run_id = $1`,
@@ -115,7 +117,8 @@ describeWithServices("a job that kills its worker process", () => {
       feeding = false
     })
     await feeder
-    await eventually("every healthy program finished and no lease is held", async () => (await current.unsettled()) === 0, 60_000, explain)
+    const settled = async () => (await current.unsettled()) === 0
+    await eventually("every healthy program finished and no lease is held", settled, 60_000, explain)
     const wallMillis = Date.now() - began
     supervising = false
 

@@ -103,7 +103,9 @@ describeWithServices("kill -9 of a worker process", () => {
         )
         for (const execution of held) {
           const key = `${execution.run_id}/${execution.step}`
-          const later = rows.filter((row) => row.run_id === execution.run_id && row.step === execution.step && row.started_at > execution.started_at)
+          const later = rows.filter((row) =>
+            row.run_id === execution.run_id && row.step === execution.step && row.started_at > execution.started_at
+          )
           if (later.length > 0) rerunAt.set(key, Math.min(...later.map((row) => row.started_at.getTime())))
         }
         return rerunAt.size === held.length
