@@ -1,7 +1,9 @@
 /**
  * kill -9 of one of three worker processes at ~30%, ~50% and ~70% of a run, the killed worker started again each
  * time. Nothing is lost and nothing runs twice, except a job the dead worker had started: that one runs at most once
- * more, elsewhere, once its lease expires.
+ * more, elsewhere, once its lease expires. The recovery is bounded by the lease: each job the dead worker had started
+ * and not finished runs again within `leaseDuration + recoveryInterval` and a margin of its death, with the sweeper's
+ * `staleAfter` far beyond that, so it is the lease recovery that brings them back.
  *
  * To keep the fault suite within its budget on a 2-core machine, CI runs 200 programs × 5 jobs; the full run is
  * `PE_FAULT_PROGRAMS=500 pnpm test:faults`, and the soak (`pnpm test:soak`) kills workers under continuous load.
@@ -17,6 +19,18 @@ const amqpUrl = serviceUrl("AMQP_URL")
 const describeWithServices = databaseUrl !== undefined && amqpUrl !== undefined ? describe : describe.skip
 const programs = Number(process.env.PE_FAULT_PROGRAMS ?? 200)
 
+const jobMillis = 200
+const concurrency = 8
+const leaseMillis = 5_000
+const recoveryIntervalMillis = 1_000
+/**
+ * From a death to the re-run's start, beyond the lease's expiry and the next recovery pass: 3 s for the re-publish,
+ * the delivery and the claim on a loaded 2-core machine where a replacement worker is starting (tsx compiling), plus
+ * the queue ahead of it. A re-published step goes to the tail of the FIFO queue, behind the wake-ups ready at the
+ * kill, which the two surviving workers drain at about `2 × concurrency` steps per job duration.
+ */
+const marginMillis = (queuedAtKill: number) => 3_000 + Math.ceil(queuedAtKill / (2 * concurrency)) * jobMillis
+
 describeWithServices("kill -9 of a worker process", () => {
   let world: World | undefined
   afterEach(async () => {
@@ -27,7 +41,14 @@ describeWithServices("kill -9 of a worker process", () => {
   it(`${programs} programs × ${jobNames.length} jobs, one of 3 workers killed at ~30%, ~50%, ~70% and restarted`, async () => {
     world = await makeWorld({ databaseUrl: databaseUrl!, amqpUrl: amqpUrl!, prefix: "kill9" })
     const current = world
-    const env = { PE_JOB_DURATION: "200 millis" }
+    const env = {
+      PE_JOB_DURATION: `${jobMillis} millis`,
+      PE_CONCURRENCY: String(concurrency),
+      PE_LEASE_DURATION: `${leaseMillis} millis`,
+      PE_RECOVERY_INTERVAL: `${recoveryIntervalMillis} millis`,
+      // Far beyond the bound measured here: the sweeper cannot be what recovers the dead worker's steps.
+      PE_STALE_AFTER: "5 minutes"
+    }
     const runIds = await current.create(programs)
     const began = Date.now()
     const slots = [current.start(env), current.start(env), current.start(env)]
@@ -35,6 +56,7 @@ describeWithServices("kill -9 of a worker process", () => {
     const deaths: Array<Death> = []
     const inFlight: Array<number> = []
     const queued: Array<number> = []
+    const recoveries: Array<{ readonly steps: number; readonly maxMillis: number; readonly boundMillis: number }> = []
 
     for (const fraction of [0.3, 0.5, 0.7]) {
       await eventually(
@@ -66,18 +88,55 @@ describeWithServices("kill -9 of a worker process", () => {
       )).rows[0].n))
       queued.push(await current.queueDepth())
       slots[slot] = current.start(env)
+
+      // Each job it had started and not finished runs again (a later run of the same step), within the bound.
+      const { rows: held } = await current.db.query<{ run_id: string; step: number; started_at: Date }>(
+        `SELECT run_id, step, started_at FROM ${current.executionsTable} WHERE pid = $1 AND finished_at IS NULL`,
+        [victim.pid]
+      )
+      const boundMillis = leaseMillis + recoveryIntervalMillis + marginMillis(queued.at(-1)!)
+      const rerunAt = new Map<string, number>()
+      await eventually(`the ${held.length} job(s) worker ${victim.pid} left unfinished ran again`, async () => {
+        const { rows } = await current.db.query<{ run_id: string; step: number; started_at: Date }>(
+          `SELECT run_id, step, started_at FROM ${current.executionsTable} WHERE run_id = ANY($1) AND pid <> $2`,
+          [held.map((execution) => execution.run_id), victim.pid]
+        )
+        for (const execution of held) {
+          const key = `${execution.run_id}/${execution.step}`
+          const later = rows.filter((row) =>
+            row.run_id === execution.run_id && row.step === execution.step && row.started_at > execution.started_at
+          )
+          if (later.length > 0) rerunAt.set(key, Math.min(...later.map((row) => row.started_at.getTime())))
+        }
+        return rerunAt.size === held.length
+      }, boundMillis + 20_000, () => `re-run so far: ${rerunAt.size} of ${held.length}; bound ${boundMillis} ms\n${current.logs()}`)
+      recoveries.push({
+        steps: held.length,
+        maxMillis: Math.max(0, ...Array.from(rerunAt.values(), (at) => at - exit.at)),
+        boundMillis
+      })
     }
 
     await eventually("every program finished and no lease is held", async () => (await current.unsettled()) === 0, 120_000, current.logs)
     const wallMillis = Date.now() - began
     const report = await current.check(runIds, { deaths })
-    printTable([{ scenario: "kill -9 ×3 (of 3 workers)", report, wallMillis, extra: `steps held at kills ${inFlight.join("/")}, queued ${queued.join("/")}` }])
+    const recovery = recoveries.map((kill) => `${(kill.maxMillis / 1000).toFixed(1)}`).join("/")
+    const bounds = recoveries.map((kill) => `${(kill.boundMillis / 1000).toFixed(1)}`).join("/")
+    printTable([{
+      scenario: "kill -9 ×3 (of 3 workers)",
+      report,
+      wallMillis,
+      extra: `steps held at kills ${inFlight.join("/")}, queued ${queued.join("/")}, ` +
+        `unfinished ${recoveries.map((kill) => kill.steps).join("/")} re-run after ${recovery} s (bounds ${bounds} s)`
+    }])
     expect(report.violations).toEqual([])
     expect(report.finished).toBe(programs)
     expect(report.steps).toBe(total)
     // The kills landed while the victims held steps, and only those steps may have run again.
     expect(inFlight.reduce((a, b) => a + b, 0)).toBeGreaterThan(0)
     expect(report.duplicates).toBeLessThanOrEqual(inFlight.reduce((a, b) => a + b, 0))
+    expect(recoveries.reduce((sum, kill) => sum + kill.steps, 0)).toBeGreaterThan(0)
+    for (const kill of recoveries) expect(kill.maxMillis).toBeLessThanOrEqual(kill.boundMillis)
 
     for (const exit of await current.stop(slots)) expect(exit.code, current.logs()).toBe(0)
   })

@@ -10,6 +10,8 @@
  * - `PE_JOB_DURATION` (how long each job takes, default "50 millis")
  * - `PE_JOBS` (the job names, comma-separated, default `step_a,step_b,step_c`)
  * - `PE_DUPLICATE_PUBLISH=true`: every wake-up this worker publishes is published twice (duplicate delivery)
+ * - `PE_CRASH_JOBS` (job names, comma-separated, each also in `PE_JOBS`): these record their start, then the whole
+ *   process exits with code 1, the way a job that crashes its worker does (no outcome is ever recorded)
  * - the executor's `PE_*` settings (`PE_CONCURRENCY`, `PE_SHUTDOWN_GRACE`, `PE_STALE_AFTER`, `PE_SWEEP_INTERVAL`, …)
  *
  * Each job inserts a row when it starts and sets its `finished_at` when it ends.
@@ -31,11 +33,12 @@ const settings = Config.all({
   executionsTable: Config.string("PE_EXECUTIONS_TABLE"),
   jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("50 millis")),
   jobNames: Config.array(Config.string(), "PE_JOBS").pipe(Config.withDefault(["step_a", "step_b", "step_c"])),
-  duplicatePublish: Config.boolean("PE_DUPLICATE_PUBLISH").pipe(Config.withDefault(false))
+  duplicatePublish: Config.boolean("PE_DUPLICATE_PUBLISH").pipe(Config.withDefault(false)),
+  crashJobs: Config.array(Config.string(), "PE_CRASH_JOBS").pipe(Config.withDefault<Array<string>>([]))
 })
 
 const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
-  const { databaseUrl, duplicatePublish, executionsTable, jobDuration, jobNames, queueName, tableName } =
+  const { crashJobs, databaseUrl, duplicatePublish, executionsTable, jobDuration, jobNames, queueName, tableName } =
     yield* settings
   if (!/^[a-z_][a-z0-9_]*$/i.test(executionsTable)) return yield* Effect.dieMessage("bad PE_EXECUTIONS_TABLE")
 
@@ -62,6 +65,8 @@ const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
          VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id`,
         [ctx.runId, ctx.step, ctx.attempt, process.pid, name]
       )
+      // The row is committed before the exit: the test counts these runs.
+      if (crashJobs.includes(name)) return yield* Effect.sync(() => process.exit(1))
       yield* Effect.sleep(jobDuration)
       yield* query(`UPDATE ${executionsTable} SET finished_at = clock_timestamp() WHERE id = $1`, [started.rows[0].id])
     }))
