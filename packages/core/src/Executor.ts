@@ -124,7 +124,15 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
   ).pipe(Effect.retry(Schedule.spaced("5 seconds")), Effect.orDie)
   const running = yield* FiberSet.make<void>()
   const permits = yield* Effect.makeSemaphore(config.concurrency)
-  const { handle, keepLeases } = makeHandler(config, claimOptions, repository, queue, library, events, durably)
+  const { handle, keepLeases, queueHead } = makeHandler(
+    config,
+    claimOptions,
+    repository,
+    queue,
+    library,
+    events,
+    durably
+  )
   // Forked before the drain below is registered, so leases are still kept while running steps finish.
   yield* Effect.forkScoped(Effect.annotateLogs(keepLeases, "component", "heartbeat"))
 
@@ -147,7 +155,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
     })
   )
 
-  yield* Effect.forkScoped(sweeper(config, repository, queue))
+  yield* Effect.forkScoped(sweeper(config, repository, queue, queueHead))
   yield* Effect.forkScoped(recoverer(config, repository, queue))
 
   yield* Effect.logInfo("worker started").pipe(
@@ -165,9 +173,15 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
 const sweeper = (
   config: ExecutorOptions,
   repository: ProgramRepository["Type"],
-  queue: ProgramQueue["Type"]
+  queue: ProgramQueue["Type"],
+  queueHead: Effect.Effect<Date | undefined>
 ) =>
-  repository.findStale({ idleFor: config.staleAfter, limit: config.sweepBatchSize }).pipe(
+  Effect.flatMap(queueHead, (head) =>
+    repository.findStale({
+      idleFor: config.staleAfter,
+      limit: config.sweepBatchSize,
+      ...(head === undefined ? {} : { queueHead: head })
+    })).pipe(
     Effect.flatMap((stale) =>
       Effect.forEach(stale, (message) => queue.publish(message), { discard: true, concurrency: 8 }).pipe(
         Effect.zipRight(
@@ -340,6 +354,19 @@ const makeHandler = (
         })
       ))
   const leaseMillis = Duration.toMillis(config.leaseDuration)
+
+  /**
+   * The latest due time among the steps started here, and when the last one started (this worker's clock). While
+   * steps keep starting, the queue is being drained in order and that due time is its head: the sweeper leaves
+   * alone the steps behind it (see `StaleQuery.queueHead`).
+   */
+  let headDueAt = 0
+  let headSeenAt = -Infinity
+  const staleMillis = Duration.toMillis(config.staleAfter)
+  const queueHead = Effect.map(
+    Clock.currentTimeMillis,
+    (now) => now - headSeenAt <= staleMillis ? new Date(headDueAt) : undefined
+  )
   const keepLeases = Effect.suspend(() =>
     Effect.forEach(Array.from(leased.values()), extend, { concurrency: 8, discard: true })
   ).pipe(Effect.delay(config.heartbeatInterval), Effect.forever)
@@ -537,6 +564,8 @@ const makeHandler = (
       if (lostTooOften !== undefined) return yield* stop(program, lease, jobName, fatal(lostTooOften))
       const startedAt = yield* Clock.currentTimeMillis
       yield* Metric.update(metrics.queueLag, Math.max(0, startedAt - program.nextRunAt.getTime()) / 1000)
+      headDueAt = Math.max(headDueAt, program.nextRunAt.getTime())
+      headSeenAt = startedAt
       if (job === undefined) {
         if (config.onUnknownJob === "skip") {
           yield* Effect.logWarning(`job "${jobName}" is not in this worker's library: skipped`).pipe(
@@ -627,7 +656,7 @@ const makeHandler = (
         })
       )
     )
-  return { handle, keepLeases }
+  return { handle, keepLeases, queueHead }
 }
 
 const safeJson = (value: unknown) => {

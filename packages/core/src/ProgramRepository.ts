@@ -69,6 +69,13 @@ export interface StaleQuery {
   /** Only programs that have not moved (`updated_at`, `next_run_at`) for this long. */
   readonly idleFor: Duration.Duration
   readonly limit: number
+  /**
+   * The due time (`next_run_at`, database clock) of the step this worker started last, while it is draining a
+   * queue: the queue's head as this worker sees it. A step due after `queueHead - idleFor` is taken to be still
+   * waiting in the queue, behind that head, not lost; without it a backlog that drains slower than `idleFor` would
+   * get a re-published wake-up per waiting step.
+   */
+  readonly queueHead?: Date
 }
 
 export class ProgramRepository extends Context.Tag("@program-executor/core/ProgramRepository")<

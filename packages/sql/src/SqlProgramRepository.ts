@@ -95,8 +95,8 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
               }`)
         )
       ),
-    findStale: ({ idleFor, limit }) =>
-      Effect.mapError(table.findStale(idleFor, limit), toRepositoryError("looking for stale steps"))
+    findStale: ({ idleFor, limit, queueHead }) =>
+      Effect.mapError(table.findStale(idleFor, limit, queueHead), toRepositoryError("looking for stale steps"))
   }
 }
 

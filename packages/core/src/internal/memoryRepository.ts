@@ -184,10 +184,10 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
         }))
       ),
 
-    findStale: ({ idleFor, limit }) =>
+    findStale: ({ idleFor, limit, queueHead }) =>
       Effect.flatMap(now, (at) =>
         Ref.modify(rows, (map) => {
-          const idleSince = at.getTime() - Duration.toMillis(idleFor)
+          const idleSince = Math.min(at.getTime(), queueHead?.getTime() ?? Infinity) - Duration.toMillis(idleFor)
           const stale = Array.from(map.values())
             .filter((row) =>
               inProgress(row) && (row.lockedUntil === null || row.lockedUntil <= at) &&

@@ -554,6 +554,23 @@ export const programRepositoryConformance = (
         expect(Date.now() - firstAt).toBeGreaterThanOrEqual(550)
       }))
 
+    test("findStale leaves alone a step due after the queue's head minus idleFor: it is still queued behind that head", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert()
+        const due = program.nextRunAt.getTime()
+        const mine = (queueHead: number) =>
+          Effect.map(
+            repository.findStale({ idleFor: Duration.millis(200), limit: 100, queueHead: new Date(queueHead) }),
+            (batch) => batch.some((wakeUp) => wakeUp.runId === program.runId)
+          )
+        // The worker is starting steps due just before this one: it is behind the head, not lost.
+        yield* eventually(get(program.runId), () => Date.now() - due > 400)
+        expect(yield* mine(due + 100)).toBe(false)
+        // The head has moved well past it: it should have run by now.
+        expect(yield* mine(due + 300)).toBe(true)
+      }))
+
     test("list filters by status, in-progress and retry count, orders by id, pages with limit and offset", () =>
       Effect.gen(function*() {
         const repository = yield* repo

@@ -224,6 +224,11 @@ export const makeStatements = (
       ? sql`DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
       : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`+${millis / 1000} seconds`})`
   }
+  /** A timestamp read from the database, bound back in the column's own format. */
+  const timestampParam = (date: Date): Statement.Fragment =>
+    dialect === "pg"
+      ? sql`${date.toISOString()}::timestamptz`
+      : sql`${date.toISOString().replace("T", " ").replace("Z", "")}`
   /** Neither finished nor errored, written as the partial indexes' predicate, so the queue's scans can use them. */
   const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
   /**
@@ -492,13 +497,17 @@ export const makeStatements = (
       runId
     )
 
-  const findStale = (idleFor: Duration.Duration, limit: number) => {
+  const findStale = (idleFor: Duration.Duration, limit: number, queueHead?: Date) => {
     const millis = Math.max(0, Math.round(Duration.toMillis(idleFor)))
     const idleSince = dialect === "pg"
       ? sql`(now() - make_interval(secs => ${millis / 1000}::double precision))`
       : dialect === "mysql"
       ? sql`DATE_SUB(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
       : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`-${millis / 1000} seconds`})`
+    // Due before the queue's head by `idleFor`: behind it, a step is still queued. Both times are the database's.
+    const beforeHead = queueHead === undefined
+      ? lit("1 = 1")
+      : sql`next_run_at <= ${timestampParam(new Date(queueHead.getTime() - millis))}`
     // Back-off: a row touched by an earlier sweep waits, since then, at least as long as it had waited by then.
     const backedOff = dialect === "pg"
       ? lit("now() - updated_at >= updated_at - next_run_at")
@@ -508,7 +517,7 @@ export const makeStatements = (
       )
       : lit("julianday('now') - julianday(updated_at) >= julianday(updated_at) - julianday(next_run_at)")
     const stale =
-      sql`${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince} AND ${backedOff}`
+      sql`${inProgress} AND ${leaseFree} AND next_run_at <= ${idleSince} AND updated_at <= ${idleSince} AND ${backedOff} AND ${beforeHead}`
     // Touching `updated_at` marks the rows: each is returned once per idle period, not at every sweep of every worker.
     return markReturning(sql`updated_at = ${now}`, stale, "next_run_at", limit)
   }
