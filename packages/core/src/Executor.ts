@@ -340,7 +340,8 @@ const makeHandler = (
         ),
         Effect.catchAll((error) =>
           Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            now < entry.heldUntil
+            // Given up one heartbeat before the lease would expire: the next check might come too late.
+            now + heartbeatMillis < entry.heldUntil
               ? Effect.as(Effect.logWarning(`heartbeat failed: ${error.message}`), "held" as const)
               : Effect.as(
                 Effect.logWarning(`heartbeat failed until the lease expired: ${error.message}`),
@@ -354,6 +355,7 @@ const makeHandler = (
         })
       ))
   const leaseMillis = Duration.toMillis(config.leaseDuration)
+  const heartbeatMillis = Duration.toMillis(config.heartbeatInterval)
 
   /**
    * The latest due time among the steps started here, and when the last one started (this worker's clock). While
@@ -383,6 +385,7 @@ const makeHandler = (
     program: ProgramRecord,
     lease: Lease,
     delivery: Delivery,
+    claimedAt: number,
     restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   ): Effect.Effect<Outcome> =>
     Effect.gen(function*() {
@@ -393,7 +396,7 @@ const makeHandler = (
       const entry: LeasedStep = {
         lease,
         handler: yield* currentFiber,
-        heldUntil: startedAt + leaseMillis,
+        heldUntil: claimedAt + leaseMillis,
         settled: false
       }
       const run = Effect.disconnect(Effect.provideService(job.run, JobContext, jobContext(program, entry, job.name, startedAt)))
@@ -550,6 +553,7 @@ const makeHandler = (
   const runStep = (
     program: ProgramRecord,
     delivery: Delivery,
+    claimedAt: number,
     restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   ) =>
     Effect.gen(function*() {
@@ -583,7 +587,7 @@ const makeHandler = (
       yield* events.publish(
         ProgramEvent.StepStarted({ runId: program.runId, step: program.step, job: jobName, attempt: attemptOf(program) })
       )
-      const outcome = yield* runJob(job, program, lease, delivery, restore)
+      const outcome = yield* runJob(job, program, lease, delivery, claimedAt, restore)
       if (outcome._tag === "LeaseEnded") {
         return yield* outcome.status === "cancelled"
           ? Effect.logInfo("program was cancelled while its job ran; job interrupted").pipe(
@@ -633,6 +637,9 @@ const makeHandler = (
         if (!isValidWakeUp(delivery.message.runId, delivery.message.step)) {
           return yield* poison(delivery, "no program can have this runId and step")
         }
+        // When the lease began, by this worker's clock: the claim's request, or for a step the queue claimed for us,
+        // the oldest such a claim may be (see `Delivery.claimed`).
+        const claimedAt = (yield* Clock.currentTimeMillis) - (Option.isSome(delivery.claimed) ? leaseMillis / 3 : 0)
         const claimed = Option.isSome(delivery.claimed)
           ? delivery.claimed
           : yield* durably("claiming the step", repository.claim(delivery.message, claimOptions))
@@ -641,7 +648,7 @@ const makeHandler = (
           yield* Metric.increment(metrics.wakeUpsDropped)
           return yield* delivery.ack
         }
-        yield* runStep(claimed.value, delivery, restore)
+        yield* runStep(claimed.value, delivery, claimedAt, restore)
         yield* delivery.ack
       }).pipe(
         Effect.catchAllCause((cause) => {

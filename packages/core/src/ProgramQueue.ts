@@ -28,7 +28,8 @@ export interface Delivery {
   readonly message: WakeUp
   /**
    * The program, already claimed for the worker, when the queue claims while it dequeues (the SQL queue, whose
-   * queue is the programs table). `None` for a broker: the executor claims the step itself.
+   * queue is the programs table), no longer than a third of the lease ago (the executor counts the lease from
+   * then). `None` for a broker: the executor claims the step itself.
    */
   readonly claimed: Option.Option<ProgramRecord>
   /** Done with the message: it will not be delivered again. */

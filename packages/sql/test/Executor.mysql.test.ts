@@ -3,5 +3,5 @@ import { executorConformance } from "../../core/test/conformance/ExecutorConform
 import { storage } from "./utils.js"
 
 describeWithService("MYSQL_URL", "MariaDB", (url) => {
-  executorConformance("mariadb", storage("mysql", url))
+  executorConformance("mariadb", storage("mysql", url), { claimsWhileDequeuing: true })
 })

@@ -3,5 +3,5 @@ import { executorConformance } from "../../core/test/conformance/ExecutorConform
 import { storage } from "./utils.js"
 
 describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
-  executorConformance("postgres", storage("pg", url))
+  executorConformance("postgres", storage("pg", url), { claimsWhileDequeuing: true })
 })

@@ -1,4 +1,4 @@
 import { executorConformance } from "../../core/test/conformance/ExecutorConformance.js"
 import { storage } from "./utils.js"
 
-executorConformance("sqlite", storage("sqlite"))
+executorConformance("sqlite", storage("sqlite"), { claimsWhileDequeuing: true })

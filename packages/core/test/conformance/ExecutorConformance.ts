@@ -18,9 +18,10 @@ import {
   ProgramExecutor,
   ProgramQueue,
   ProgramRepository,
+  RepositoryError,
   RetryableError
 } from "@program-executor/core"
-import { Deferred, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Schema, Scope, Stream } from "effect"
 
 /** Short everything, so faults resolve in well under a second. */
 export const fastConfig: Partial<ExecutorConfig.ExecutorOptions> = {
@@ -30,6 +31,7 @@ export const fastConfig: Partial<ExecutorConfig.ExecutorOptions> = {
   retrySchedule: Schedule.spaced("10 millis"),
   maxAttempts: 5,
   sweepInterval: Duration.millis(200),
+  recoveryInterval: Duration.millis(200),
   staleAfter: Duration.millis(500),
   shutdownGrace: Duration.seconds(5),
   storageRetry: Schedule.spaced("50 millis").pipe(Schedule.upTo("20 seconds"))
@@ -96,11 +98,16 @@ const harness = <A, E>(
   body: (workers: {
     readonly start: (config?: Partial<ExecutorConfig.ExecutorOptions>) => Effect.Effect<Scope.CloseableScope>
   }) => Effect.Effect<A, E, Storage | ProgramExecutor | ProgramEvents>,
-  config?: Partial<ExecutorConfig.ExecutorOptions>
+  config?: Partial<ExecutorConfig.ExecutorOptions>,
+  decorate: (repository: ProgramRepository["Type"]) => ProgramRepository["Type"] = (repository) => repository
 ) =>
   Effect.gen(function*() {
+    const decorated = Layer.map(
+      storage,
+      (context) => Context.add(context, ProgramRepository, decorate(Context.get(context, ProgramRepository)))
+    )
     const context = yield* Layer.build(
-      Layer.mergeAll(storage, ProgramEvents.layer(), JobLibrary.layer(...jobs)).pipe(Layer.orDie)
+      Layer.mergeAll(decorated, ProgramEvents.layer(), JobLibrary.layer(...jobs)).pipe(Layer.orDie)
     )
     let workerCount = 0
     const testScope = yield* Effect.scope
@@ -129,9 +136,18 @@ const harness = <A, E>(
     )
   })
 
+export interface ExecutorConformanceOptions {
+  /**
+   * The queue claims while it dequeues and publishing carries no message (the SQL queue): wake-ups published by
+   * hand never reach the executor, so the tests of malformed wake-ups do not apply.
+   */
+  readonly claimsWhileDequeuing?: boolean
+}
+
 export const executorConformance = (
   name: string,
-  makeLayer: (namespace: string) => Layer.Layer<Storage, unknown>
+  makeLayer: (namespace: string) => Layer.Layer<Storage, unknown>,
+  options: ExecutorConformanceOptions = {}
 ) =>
   describe(`executor on ${name}`, () => {
     let counter = 0
@@ -139,8 +155,9 @@ export const executorConformance = (
     const run = <A, E>(
       jobs: ReadonlyArray<Job.Job>,
       body: Parameters<typeof harness<A, E>>[2],
-      config?: Partial<ExecutorConfig.ExecutorOptions>
-    ) => harness(makeLayer(namespace()), jobs, body, config)
+      config?: Partial<ExecutorConfig.ExecutorOptions>,
+      decorate?: (repository: ProgramRepository["Type"]) => ProgramRepository["Type"]
+    ) => harness(makeLayer(namespace()), jobs, body, config, decorate)
 
     it.scopedLive("runs the jobs of a program in order, each once, and keeps `step` at the last job", () =>
       Effect.gen(function*() {
@@ -513,6 +530,268 @@ export const executorConformance = (
             const program = yield* awaitProgram(runId)
             expect(program.finishedAt).not.toBeNull()
             expect((yield* Ref.get(log)).length).toBe(2)
+          }))
+      }))
+
+    it.scopedLive("an abandoned run cannot write: a Promise job that timed out and went on is refused once the step is claimed again", () =>
+      Effect.gen(function*() {
+        const attempts = yield* Ref.make<ReadonlyArray<number>>([])
+        const gate = yield* Deferred.make<void>()
+        const abandonedWrite = yield* Deferred.make<string>()
+        // The first run ignores its AbortSignal, outlives its timeout, then writes; the retry waits for that write.
+        const stubborn = Job.fromPromise("stubborn_promise", async (ctx) => {
+          Effect.runSync(Ref.update(attempts, (all) => [...all, ctx.attempt]))
+          if (ctx.attempt === 1) {
+            await Effect.runPromise(Deferred.await(gate))
+            const outcome = await ctx.jobData.set({ from: "abandoned run" }).then(() => "stored", () => "refused")
+            Effect.runSync(Deferred.succeed(abandonedWrite, outcome))
+            return
+          }
+          await Effect.runPromise(Deferred.await(abandonedWrite))
+        }, { timeout: "300 millis" })
+        yield* run([stubborn], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["stubborn_promise"] })
+            yield* pollUntil(Ref.get(attempts), (all) => all.length === 2).pipe(Effect.timeout("20 seconds"))
+            yield* Deferred.succeed(gate, undefined)
+            expect(yield* Deferred.await(abandonedWrite).pipe(Effect.timeout("10 seconds"))).toBe("refused")
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            expect(program.jobData).toEqual({})
+            expect(yield* Ref.get(attempts)).toEqual([1, 2])
+          }))
+      }))
+
+    it.scopedLive("cancel and resume within one heartbeat on one worker: the step never runs twice at once and advances once", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const active = yield* Ref.make(0)
+        const peak = yield* Ref.make(0)
+        const gate = yield* Deferred.make<void>()
+        const held = recorded(log, "held", () =>
+          Effect.acquireUseRelease(
+            Ref.updateAndGet(active, (n) => n + 1).pipe(Effect.tap((n) => Ref.update(peak, (p) => Math.max(p, n)))),
+            () => Deferred.await(gate),
+            () => Ref.update(active, (n) => n - 1)
+          ))
+        yield* run([held, recorded(log, "after")], (workers) =>
+          Effect.gen(function*() {
+            const queue = yield* ProgramQueue
+            yield* workers.start({ heartbeatInterval: Duration.seconds(2), leaseDuration: Duration.seconds(6) })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["held", "after"] })
+            yield* pollUntil(Ref.get(log), (runs) => runs.length === 1).pipe(Effect.timeout("20 seconds"))
+            yield* ProgramExecutor.cancel(runId, "oops")
+            yield* ProgramExecutor.resume(runId)
+            yield* queue.publish({ runId, step: 0 })
+            // A later program finishing proves the worker has handled the wake-ups published before it.
+            const later = yield* ProgramExecutor.createProgram({ jobs: ["after"] })
+            yield* awaitProgram(later)
+            yield* Deferred.succeed(gate, undefined)
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+            const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+            expect(runs.map((execution) => execution.job)).toEqual(["held", "after"])
+            expect(yield* Ref.get(peak)).toBe(1)
+          }))
+      }))
+
+    const uninterruptibleUntil = (release: Deferred.Deferred<void>) => Effect.uninterruptible(Deferred.await(release))
+
+    it.scopedLive("a job that ignores interruption: its timeout frees the slot at once and the program moves on", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const stubborn = Job.make("ignores_interrupts", uninterruptibleUntil(release), { timeout: "200 millis", maxAttempts: 1 })
+        yield* run([stubborn, Job.make("quick", Effect.void)], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start({ concurrency: 1 })
+            const stuck = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
+            const next = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
+            // One slot: `next` runs only once the stubborn job's slot is free.
+            expect((yield* awaitProgram(next, undefined, "10 seconds")).finishedAt).not.toBeNull()
+            const failed = yield* awaitProgram(stuck, undefined, "10 seconds")
+            expect(failed.errorMessage).toMatch(/timed out after/)
+            expect(failed.lockedBy).toBeNull()
+          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+      }))
+
+    it.scopedLive("a job that ignores interruption: cancelling it frees the slot at the next heartbeat", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const started = yield* Deferred.make<void>()
+        const stubborn = Job.make(
+          "ignores_interrupts",
+          Effect.zipRight(Deferred.succeed(started, undefined), uninterruptibleUntil(release))
+        )
+        yield* run([stubborn, Job.make("quick", Effect.void)], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start({ concurrency: 1 })
+            const stuck = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
+            yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+            yield* ProgramExecutor.cancel(stuck, "stop it")
+            const next = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
+            expect((yield* awaitProgram(next, undefined, "10 seconds")).finishedAt).not.toBeNull()
+            const cancelled = yield* awaitProgram(stuck, (program) => program.lockedBy === null, "10 seconds")
+            expect(cancelled.errorMessage).toBe("stop it")
+          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+      }))
+
+    it.scopedLive("a job that ignores interruption cannot hold a shutdown past its grace; the step is given back", () =>
+      Effect.gen(function*() {
+        const release = yield* Deferred.make<void>()
+        const started = yield* Deferred.make<void>()
+        const stubborn = Job.make(
+          "ignores_interrupts",
+          Effect.zipRight(Deferred.succeed(started, undefined), uninterruptibleUntil(release))
+        )
+        yield* run([stubborn], (workers) =>
+          Effect.gen(function*() {
+            const worker = yield* workers.start({ shutdownGrace: Duration.millis(100) })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
+            yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+            const closed = yield* Scope.close(worker, Exit.void).pipe(Effect.timeout("5 seconds"), Effect.option)
+            expect(Option.isSome(closed)).toBe(true)
+            const given = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+            expect(given).toMatchObject({ step: 0, lockedBy: null, finishedAt: null, erroredAt: null })
+          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+      }))
+
+    it.scopedLive("a step whose runs were lost more than maxLostRuns times fails naming the job; a lost run counts as an attempt", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        yield* run([recorded(log, "a")], (workers) =>
+          Effect.gen(function*() {
+            const repository = yield* ProgramRepository
+            const doomed = yield* ProgramExecutor.createProgram({ jobs: ["a"] })
+            const survivor = yield* ProgramExecutor.createProgram({ jobs: ["a"] })
+            // Workers that claim a step and die: nothing recorded, the lease expires, the next claim counts it.
+            const dieHolding = (runId: string) =>
+              pollUntil(
+                repository.claim({ runId, step: 0 }, { owner: "dying-worker", leaseFor: Duration.millis(150) }),
+                Option.isSome
+              ).pipe(Effect.timeout("10 seconds"))
+            for (let i = 0; i < 3; i++) yield* dieHolding(doomed)
+            yield* dieHolding(survivor)
+            yield* workers.start({ maxLostRuns: 2 })
+            const failed = yield* awaitProgram(doomed)
+            expect(failed.erroredAt).not.toBeNull()
+            expect(failed.errorMessage).toMatch(/worker lost 3 time\(s\) running job "a" \(more than maxLostRuns \(2\)\)/)
+            const finished = yield* awaitProgram(survivor)
+            expect(finished.finishedAt).not.toBeNull()
+            const runs = yield* Ref.get(log)
+            expect(runs.filter((execution) => execution.runId === doomed)).toEqual([])
+            expect(runs.filter((execution) => execution.runId === survivor).map((execution) => execution.attempt))
+              .toEqual([2])
+          }))
+      }))
+
+    for (const failure of ["lost", "unanswered"] as const) {
+      it.scopedLive(`a heartbeat that finds the lease ${failure === "lost" ? "lost" : "unreachable past its expiry"} interrupts the job; nothing advances under it`, () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const interrupted = yield* Deferred.make<void>()
+          const active = yield* Ref.make(0)
+          const peak = yield* Ref.make(0)
+          const job = recorded(log, "watched", (ctx) =>
+            Effect.acquireUseRelease(
+              Ref.updateAndGet(active, (n) => n + 1).pipe(Effect.tap((n) => Ref.update(peak, (p) => Math.max(p, n)))),
+              () => ctx.attempt === 1 ? Effect.onInterrupt(Effect.never, () => Deferred.succeed(interrupted, undefined)) : Effect.void,
+              () => Ref.update(active, (n) => n - 1)
+            ))
+          // The first claim's extensions answer "lost", or fail as a hung connection would.
+          let firstToken: string | undefined
+          const decorate = (repository: ProgramRepository["Type"]): ProgramRepository["Type"] => ({
+            ...repository,
+            extendLease: (lease, leaseFor) => {
+              firstToken ??= lease.token
+              if (lease.token !== firstToken) return repository.extendLease(lease, leaseFor)
+              return failure === "lost"
+                ? Effect.succeed("lost" as const)
+                : Effect.fail(new RepositoryError({ message: "connection timed out" }))
+            }
+          })
+          yield* run([job], (workers) =>
+            Effect.gen(function*() {
+              yield* workers.start({ leaseDuration: Duration.millis(800), heartbeatInterval: Duration.millis(100) })
+              const runId = yield* ProgramExecutor.createProgram({ jobs: ["watched"] })
+              yield* Deferred.await(interrupted).pipe(Effect.timeout("10 seconds"))
+              const program = yield* awaitProgram(runId)
+              expect(program.finishedAt).not.toBeNull()
+              const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+              expect(runs.map((execution) => execution.attempt)).toEqual([1, 2])
+              expect(yield* Ref.get(peak)).toBe(1)
+            }), undefined, decorate)
+        }))
+    }
+
+    it.scopedLive.skipIf(options.claimsWhileDequeuing)("wake-ups no table could hold never reach the database; one the database refuses is acked as poison", () =>
+      Effect.gen(function*() {
+        const claims = new Map<string, number>()
+        const decorate = (repository: ProgramRepository["Type"]): ProgramRepository["Type"] => ({
+          ...repository,
+          claim: (target, options) => {
+            claims.set(target.runId, (claims.get(target.runId) ?? 0) + 1)
+            return target.runId === "refused-by-the-database"
+              ? Effect.fail(new RepositoryError({ message: "invalid input syntax", transient: false }))
+              : repository.claim(target, options)
+          }
+        })
+        const poisoned = Metric.counter("program_executor_wakeups_poisoned_total", { incremental: true })
+        yield* run([Job.make("quick", Effect.void)], (workers) =>
+          Effect.gen(function*() {
+            const queue = yield* ProgramQueue
+            const before = (yield* Metric.value(poisoned)).count
+            yield* workers.start()
+            yield* queue.publish({ runId: "nul\u0000inside", step: 0 })
+            yield* queue.publish({ runId: "out-of-range", step: 2 ** 31 })
+            yield* queue.publish({ runId: "refused-by-the-database", step: 0 })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
+            yield* awaitProgram(runId)
+            // (A broker adapter may drop the malformed ones itself, before the executor; either way none is claimed.)
+            yield* pollUntil(Metric.value(poisoned), (state) => state.count - before >= 1).pipe(Effect.timeout("10 seconds"))
+            // Acked, not returned to the queue: a later program finishing shows no redelivery was claimed again.
+            yield* awaitProgram(yield* ProgramExecutor.createProgram({ jobs: ["quick"] }))
+            expect(claims.get("nul\u0000inside")).toBeUndefined()
+            expect(claims.get("out-of-range")).toBeUndefined()
+            expect(claims.get("refused-by-the-database")).toBe(1)
+          }), undefined, decorate)
+      }))
+
+    it.scopedLive("text the database cannot store (NUL) in a failure or in job data still gets the program an outcome", () =>
+      Effect.gen(function*() {
+        const nulMessage = Job.make("nul_message", Effect.fail(new FatalError({ message: "bad \u0000 byte" })))
+        const nulData = Job.make(
+          "nul_data",
+          Effect.flatMap(JobContext, (ctx) => ctx.jobData.set({ text: "bad \u0000 byte" }))
+        )
+        yield* run([nulMessage, nulData, Job.make("quick", Effect.void)], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const message = yield* ProgramExecutor.createProgram({ jobs: ["nul_message"] })
+            const data = yield* ProgramExecutor.createProgram({ jobs: ["nul_data"] })
+            const quick = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
+            expect((yield* awaitProgram(message, undefined, "10 seconds")).errorMessage).toBe("bad \\u0000 byte")
+            // PostgreSQL's jsonb refuses NUL: the job fails with the database's message; elsewhere it is stored.
+            const stored = yield* awaitProgram(data, undefined, "10 seconds")
+            if (stored.erroredAt === null) expect(stored.jobData).toEqual({ nul_data: { text: "bad \u0000 byte" } })
+            else expect(stored.errorMessage).toMatch(/job data cannot be stored/)
+            expect((yield* awaitProgram(quick)).finishedAt).not.toBeNull()
+          }))
+      }))
+
+    it.scopedLive("a typed job's concurrent merges of its data lose nothing", () =>
+      Effect.gen(function*() {
+        const merging = Job.make(
+          "merging",
+          { jobData: Schema.Struct({ a: Schema.optional(Schema.Number), b: Schema.optional(Schema.Number) }) },
+          (ctx) =>
+            Effect.all([ctx.jobData.merge({ a: 1 }), ctx.jobData.merge({ b: 2 })], { concurrency: 2, discard: true })
+        )
+        yield* run([merging], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["merging"] })
+            expect((yield* awaitProgram(runId)).jobData).toEqual({ merging: { a: 1, b: 2 } })
           }))
       }))
 
