@@ -29,6 +29,13 @@ export const viaClient = (sql: SqlClient.SqlClient): PreparedStatementsService =
   run: (text, params) => sql.unsafe(text, params).withoutTransform
 })
 
+/**
+ * The longest a hot statement (a single-row claim, advance or insert) may go unanswered before it fails as a
+ * connection error and is retried: a connection that hangs (a server that vanished without closing it) must not hold
+ * a step forever. Far above what any of them takes on a healthy server.
+ */
+const statementTimeoutMillis = 30_000
+
 /** Named statements on a `pg` pool: each connection prepares a text once and then only binds and executes it. */
 export const onPgPool = (pool: Pg.Pool): PreparedStatementsService => {
   const names = new Map<string, string>()
@@ -43,7 +50,9 @@ export const onPgPool = (pool: Pg.Pool): PreparedStatementsService => {
   return {
     run: (text, params) =>
       Effect.async<ReadonlyArray<any>, SqlError>((resume) => {
-        pool.query({ name: nameOf(text), text, values: params as Array<unknown> }, (error, result) => {
+        // `query_timeout` per query is honoured by pg's client, though its types only know it as a client option.
+        const query = { name: nameOf(text), text, values: params as Array<unknown>, query_timeout: statementTimeoutMillis }
+        pool.query(query as Pg.QueryConfig, (error, result) => {
           if (error) resume(Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" })))
           else resume(Effect.succeed(result.rows))
         })
