@@ -4,6 +4,7 @@
  * `NodeRuntime.runMain`) to shut down gracefully.
  */
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -11,7 +12,6 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
-import * as FiberSet from "effect/FiberSet"
 import * as HashMap from "effect/HashMap"
 import * as HashSet from "effect/HashSet"
 import * as Metric from "effect/Metric"
@@ -52,11 +52,32 @@ type Outcome =
  */
 interface LeasedStep {
   readonly lease: Lease
-  readonly handler: Fiber.RuntimeFiber<unknown, unknown>
+  readonly slot: Slot
   heldUntil: number
   ended?: Exclude<LeaseStatus, "held">
+  /** When the heartbeat found the lease ended and interrupted the job (this worker's clock). */
+  endedAt?: number
   settled: boolean
 }
+
+/**
+ * One delivery being handled, on its own fiber, holding one of the worker's `concurrency` slots. The job runs on
+ * that fiber (a fiber per job cost about a sixth of a step's CPU), so a job that ignores interruption (an
+ * uninterruptible region, a finalizer that hangs) would hold the fiber: such a handler is taken over instead — its
+ * step released or given up, its message settled, its slot freed — and the stuck fiber is left behind, its writes
+ * refused (`LeasedStep.settled`, and the token in the database). Its message is settled once, whoever gets there
+ * first.
+ */
+interface Slot {
+  readonly delivery: Delivery
+  handler: Fiber.RuntimeFiber<void> | undefined
+  /** The step whose job runs now, if it does. */
+  step: LeasedStep | undefined
+  freed: boolean
+}
+
+/** How long a shutdown waits, after interrupting the jobs left at the end of its grace, before taking them over. */
+export const shutdownMargin = Duration.seconds(1)
 
 /** Every run of a step counts, whether it recorded a failure or was lost without an outcome. */
 const attemptOf = (program: ProgramRecord) => program.stepRetryCount + program.stepLostCount + 1
@@ -87,8 +108,6 @@ const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, 
         (span) => Effect.zipRight(FiberRef.update(FiberRef.currentContext, Context.add(Tracer.ParentSpan, span)), annotated)
       ))
 }
-
-const currentFiber = Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) => Effect.succeed(fiber))
 
 const keyOf = (lease: Lease) => `${lease.runId}\u0000${lease.token}`
 
@@ -122,38 +141,23 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
     "subscribing to the queue",
     queue.subscribe({ prefetch: config.concurrency, claim: claimOptions })
   ).pipe(Effect.retry(Schedule.spaced("5 seconds")), Effect.orDie)
-  const running = yield* FiberSet.make<void>()
   const permits = yield* Effect.makeSemaphore(config.concurrency)
-  const { handle, keepLeases, queueHead } = makeHandler(
+  const { dispatch, keepLeases, queueHead, shutdown } = makeHandler(
     config,
     claimOptions,
     repository,
     queue,
     library,
     events,
-    durably
+    durably,
+    permits
   )
   // Forked before the drain below is registered, so leases are still kept while running steps finish.
   yield* Effect.forkScoped(Effect.annotateLogs(keepLeases, "component", "heartbeat"))
 
   // Runs first on shutdown (finalizers run in reverse): stop receiving, let running steps finish within the grace
-  // period; then the FiberSet's finalizer interrupts what is left, and the subscription closes last.
-  yield* Effect.addFinalizer(() =>
-    Effect.gen(function*() {
-      yield* subscription.stop
-      const inFlight = yield* FiberSet.size(running)
-      if (inFlight === 0 || Duration.isZero(config.shutdownGrace)) return
-      yield* Effect.logInfo(`shutting down: waiting for ${inFlight} running step(s)`)
-      // Finalizers run uninterruptibly; the wait must be interruptible for the timeout to end it.
-      const drained = yield* Effect.interruptible(FiberSet.awaitEmpty(running)).pipe(
-        Effect.timeout(config.shutdownGrace),
-        Effect.option
-      )
-      if (Option.isNone(drained)) {
-        yield* Effect.logWarning(`shutdown grace elapsed: interrupting ${yield* FiberSet.size(running)} step(s)`)
-      }
-    })
-  )
+  // period, interrupt what is left; the subscription closes last.
+  yield* Effect.addFinalizer(() => Effect.zipRight(subscription.stop, shutdown))
 
   yield* Effect.forkScoped(sweeper(config, repository, queue, queueHead))
   yield* Effect.forkScoped(recoverer(config, repository, queue))
@@ -161,12 +165,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
   yield* Effect.logInfo("worker started").pipe(
     Effect.annotateLogs({ workerId: config.workerId, concurrency: config.concurrency, jobs: library.names.join(",") })
   )
-  return yield* Effect.forever(
-    permits.take(1).pipe(
-      Effect.zipRight(subscription.take),
-      Effect.flatMap((delivery) => FiberSet.run(running, Effect.ensuring(handle(delivery), permits.release(1))))
-    )
-  )
+  return yield* Effect.forever(permits.take(1).pipe(Effect.zipRight(subscription.take), Effect.flatMap(dispatch)))
 }).pipe(Effect.scoped)
 
 /** Re-publishes steps whose wake-up was lost (a publish that failed after a commit, a broker that lost its queue). */
@@ -231,7 +230,8 @@ const makeHandler = (
   durably: <A, E extends RepositoryError | QueueError, R>(
     what: string,
     operation: Effect.Effect<A, E, R>
-  ) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E, R>,
+  permits: Effect.Semaphore
 ) => {
   /** Publishes a wake-up; a failure is logged, never raised: the row is committed and the sweeper will find it. */
   const wake = (runId: string, step: number, delay?: Duration.Duration) =>
@@ -351,7 +351,10 @@ const makeHandler = (
         Effect.flatMap((status) => {
           if (status === "held" || leased.get(keyOf(entry.lease)) !== entry) return Effect.void
           entry.ended = status
-          return Fiber.interruptFork(entry.handler)
+          return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            entry.endedAt = now
+            return entry.slot.handler === undefined ? Effect.void : Fiber.interruptFork(entry.slot.handler)
+          })
         })
       ))
   const leaseMillis = Duration.toMillis(config.leaseDuration)
@@ -369,9 +372,18 @@ const makeHandler = (
     Clock.currentTimeMillis,
     (now) => now - headSeenAt <= staleMillis ? new Date(headDueAt) : undefined
   )
-  const keepLeases = Effect.suspend(() =>
-    Effect.forEach(Array.from(leased.values()), extend, { concurrency: 8, discard: true })
-  ).pipe(Effect.delay(config.heartbeatInterval), Effect.forever)
+  const keepLeases = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Effect.forEach(
+      Array.from(leased.values()),
+      (entry) =>
+        entry.ended === undefined
+          ? extend(entry)
+          // Interrupted a heartbeat ago and still running: it ignores interruption.
+          : entry.endedAt !== undefined && now - entry.endedAt >= heartbeatMillis
+          ? takeOver(entry.slot, entry.ended)
+          : Effect.void,
+      { concurrency: 8, discard: true }
+    )).pipe(Effect.delay(config.heartbeatInterval), Effect.forever)
 
   /**
    * Runs the job, interruptible only while it runs (`restore`), and disconnected from the handler: when the handler
@@ -384,7 +396,7 @@ const makeHandler = (
     job: Job.Job,
     program: ProgramRecord,
     lease: Lease,
-    delivery: Delivery,
+    slot: Slot,
     claimedAt: number,
     restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   ): Effect.Effect<Outcome> =>
@@ -393,24 +405,23 @@ const makeHandler = (
       const timeout = job.options.timeout === undefined
         ? config.jobTimeout
         : Option.some(Duration.decode(job.options.timeout))
-      const entry: LeasedStep = {
-        lease,
-        handler: yield* currentFiber,
-        heldUntil: claimedAt + leaseMillis,
-        settled: false
-      }
-      const run = Effect.disconnect(Effect.provideService(job.run, JobContext, jobContext(program, entry, job.name, startedAt)))
+      const entry: LeasedStep = { lease, slot, heldUntil: claimedAt + leaseMillis, settled: false }
+      const run = Effect.provideService(job.run, JobContext, jobContext(program, entry, job.name, startedAt))
       const body = Option.match(timeout, {
         onNone: () => run,
+        // Disconnected, so the timeout fires at once even when the job ignores interruption: it goes on alone,
+        // abandoned, its writes refused. (A timeout forks the job anyway; without one the job stays on this fiber.)
         onSome: (duration) =>
-          Effect.timeoutFail(run, {
+          Effect.timeoutFail(Effect.disconnect(run), {
             duration,
             onTimeout: () => new RetryableError({ message: `timed out after ${Duration.format(duration)}` })
           })
       })
       leased.set(keyOf(lease), entry)
+      slot.step = entry
       const exit = yield* Effect.exit(restore(body))
       entry.settled = true
+      slot.step = undefined
       leased.delete(keyOf(lease))
       // The heartbeat's interruption stays on this fiber; what follows is uninterruptible bookkeeping (release, ack),
       // so it ends nothing else. An adapter must not rely on `Effect.interruptible` inside an ack for that reason.
@@ -418,7 +429,7 @@ const makeHandler = (
       // Interrupted from outside, not by the heartbeat: shutting down. (A job interrupting itself is a failure like
       // any other.) Give the step back so it runs again, here or on another worker.
       if (Exit.isInterrupted(exit) && HashSet.size((yield* Effect.descriptor).interruptors) > 0) {
-        yield* repository.release(lease).pipe(Effect.ignore, Effect.zipRight(delivery.nack))
+        yield* repository.release(lease).pipe(Effect.ignore, Effect.zipRight(slot.delivery.nack))
         return yield* Effect.interrupt
       }
       yield* Metric.update(metrics.jobDuration, ((yield* Clock.currentTimeMillis) - startedAt) / 1000)
@@ -552,7 +563,7 @@ const makeHandler = (
   /** Runs one claimed step. Only the job itself is interruptible; what it completed is always recorded. */
   const runStep = (
     program: ProgramRecord,
-    delivery: Delivery,
+    slot: Slot,
     claimedAt: number,
     restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   ) =>
@@ -587,7 +598,7 @@ const makeHandler = (
       yield* events.publish(
         ProgramEvent.StepStarted({ runId: program.runId, step: program.step, job: jobName, attempt: attemptOf(program) })
       )
-      const outcome = yield* runJob(job, program, lease, delivery, claimedAt, restore)
+      const outcome = yield* runJob(job, program, lease, slot, claimedAt, restore)
       if (outcome._tag === "LeaseEnded") {
         return yield* outcome.status === "cancelled"
           ? Effect.logInfo("program was cancelled while its job ran; job interrupted").pipe(
@@ -625,8 +636,9 @@ const makeHandler = (
       Effect.zipRight(delivery.ack)
     )
 
-  const handle = (delivery: Delivery): Effect.Effect<void> =>
-    Effect.uninterruptibleMask((restore) =>
+  const handle = (slot: Slot): Effect.Effect<void> => {
+    const delivery = slot.delivery
+    return Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
         // On the handler's own fiber, for good (see `inStep`): every log of this delivery names its step.
         yield* FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
@@ -648,7 +660,7 @@ const makeHandler = (
           yield* Metric.increment(metrics.wakeUpsDropped)
           return yield* delivery.ack
         }
-        yield* runStep(claimed.value, delivery, claimedAt, restore)
+        yield* runStep(claimed.value, slot, claimedAt, restore)
         yield* delivery.ack
       }).pipe(
         Effect.catchAllCause((cause) => {
@@ -663,7 +675,91 @@ const makeHandler = (
         })
       )
     )
-  return { handle, keepLeases, queueHead }
+  }
+
+  /** The deliveries being handled; a shutdown waits for this to empty. */
+  const running = new Set<Slot>()
+  let drained: Deferred.Deferred<void> | undefined
+
+  const free = (slot: Slot) =>
+    Effect.suspend(() => {
+      if (slot.freed) return Effect.void
+      slot.freed = true
+      running.delete(slot)
+      if (running.size === 0 && drained !== undefined) Deferred.unsafeDone(drained, Exit.void)
+      return permits.release(1)
+    })
+
+  /** Settles a message once: the handler and a takeover may both try. */
+  const once = (delivery: Delivery): Delivery => {
+    let settled = false
+    const settle = (how: Effect.Effect<void>) =>
+      Effect.suspend(() => {
+        if (settled) return Effect.void
+        settled = true
+        return how
+      })
+    return { ...delivery, ack: settle(delivery.ack), nack: settle(delivery.nack) }
+  }
+
+  /** Handles a delivery on a fiber of its own (the caller holds a permit for it, freed when the handling ends). */
+  const dispatch = (delivery: Delivery) =>
+    Effect.suspend(() => {
+      const slot: Slot = { delivery: once(delivery), handler: undefined, step: undefined, freed: false }
+      running.add(slot)
+      return Effect.map(Effect.forkDaemon(Effect.ensuring(handle(slot), free(slot))), (fiber) => {
+        slot.handler = fiber
+      })
+    })
+
+  /**
+   * A handler whose job ignored its interruption: its step released (cancelled, shutdown) or left to whoever holds
+   * it now (lost), its message settled, its slot freed. The stuck fiber is left behind; nothing it does counts.
+   */
+  const takeOver = (slot: Slot, reason: Exclude<LeaseStatus, "held"> | "shutdown") =>
+    Effect.suspend(() => {
+      if (slot.freed) return Effect.void
+      const step = slot.step
+      if (step !== undefined) {
+        step.settled = true
+        leased.delete(keyOf(step.lease))
+      }
+      const release = step === undefined || reason === "lost"
+        ? Effect.void
+        : repository.release(step.lease).pipe(Effect.timeout(config.heartbeatInterval), Effect.ignore)
+      return release.pipe(
+        Effect.zipRight(reason === "shutdown" ? slot.delivery.nack : slot.delivery.ack),
+        Effect.zipRight(
+          Effect.logError(`a job ignored its interruption (${reason}): its slot is freed, the job left behind`).pipe(
+            Effect.annotateLogs({ runId: slot.delivery.message.runId, step: slot.delivery.message.step })
+          )
+        ),
+        Effect.zipRight(free(slot))
+      )
+    })
+
+  /**
+   * Lets the running steps finish within the grace period, then interrupts them and, after `shutdownMargin`, takes
+   * over those that ignore it: the worker stops within `shutdownGrace + shutdownMargin` (plus a release per step).
+   */
+  const shutdown = Effect.gen(function*() {
+    if (running.size === 0) return
+    const empty = yield* Deferred.make<void>()
+    drained = empty
+    // Finalizers run uninterruptibly; the waits must be interruptible for their timeouts to end them.
+    const awaitEmpty = (within: Duration.Duration) =>
+      Effect.interruptible(Deferred.await(empty)).pipe(Effect.timeout(within), Effect.option, Effect.map(Option.isSome))
+    if (!Duration.isZero(config.shutdownGrace)) {
+      yield* Effect.logInfo(`shutting down: waiting for ${running.size} running step(s)`)
+      if (yield* awaitEmpty(config.shutdownGrace)) return
+      yield* Effect.logWarning(`shutdown grace elapsed: interrupting ${running.size} step(s)`)
+    }
+    for (const slot of running) if (slot.handler !== undefined) yield* Fiber.interruptFork(slot.handler)
+    if (yield* awaitEmpty(shutdownMargin)) return
+    yield* Effect.forEach(Array.from(running), (slot) => takeOver(slot, "shutdown"), { discard: true })
+  })
+
+  return { dispatch, keepLeases, queueHead, shutdown }
 }
 
 const safeJson = (value: unknown) => {
