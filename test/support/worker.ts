@@ -12,6 +12,9 @@
  * - `PE_DUPLICATE_PUBLISH=true`: every wake-up this worker publishes is published twice (duplicate delivery)
  * - `PE_CRASH_JOBS` (job names, comma-separated, each also in `PE_JOBS`): these record their start, then the whole
  *   process exits with code 1, the way a job that crashes its worker does (no outcome is ever recorded)
+ * - `PE_STUBBORN_JOBS` (job names, comma-separated, each also in `PE_JOBS`): these record their start, then never end
+ *   and ignore interruption (`Effect.uninterruptible(Effect.never)`), the way a job stuck in a finalizer or on a
+ *   Promise that never settles does; empty or unset: every job ends normally
  * - the executor's `PE_*` settings (`PE_CONCURRENCY`, `PE_SHUTDOWN_GRACE`, `PE_STALE_AFTER`, `PE_SWEEP_INTERVAL`, …)
  *
  * Each job inserts a row when it starts and sets its `finished_at` when it ends.
@@ -34,12 +37,26 @@ const settings = Config.all({
   jobDuration: Config.duration("PE_JOB_DURATION").pipe(Config.withDefault("50 millis")),
   jobNames: Config.array(Config.string(), "PE_JOBS").pipe(Config.withDefault(["step_a", "step_b", "step_c"])),
   duplicatePublish: Config.boolean("PE_DUPLICATE_PUBLISH").pipe(Config.withDefault(false)),
-  crashJobs: Config.array(Config.string(), "PE_CRASH_JOBS").pipe(Config.withDefault<Array<string>>([]))
+  crashJobs: Config.array(Config.string(), "PE_CRASH_JOBS").pipe(Config.withDefault<Array<string>>([])),
+  // Read as text, so an empty value names no job (a normal worker started beside a stubborn one).
+  stubbornJobs: Config.string("PE_STUBBORN_JOBS").pipe(
+    Config.withDefault(""),
+    Config.map((names) => names.split(",").map((name) => name.trim()).filter((name) => name !== ""))
+  )
 })
 
 const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
-  const { crashJobs, databaseUrl, duplicatePublish, executionsTable, jobDuration, jobNames, queueName, tableName } =
-    yield* settings
+  const {
+    crashJobs,
+    databaseUrl,
+    duplicatePublish,
+    executionsTable,
+    jobDuration,
+    jobNames,
+    queueName,
+    stubbornJobs,
+    tableName
+  } = yield* settings
   if (!/^[a-z_][a-z0-9_]*$/i.test(executionsTable)) return yield* Effect.dieMessage("bad PE_EXECUTIONS_TABLE")
 
   // The recording uses its own small pool, so it does not depend on the repository's internals.
@@ -67,6 +84,7 @@ const WorkerLive = Layer.unwrapEffect(Effect.gen(function*() {
       )
       // The row is committed before the exit: the test counts these runs.
       if (crashJobs.includes(name)) return yield* Effect.sync(() => process.exit(1))
+      if (stubbornJobs.includes(name)) return yield* Effect.uninterruptible(Effect.never)
       yield* Effect.sleep(jobDuration)
       yield* query(`UPDATE ${executionsTable} SET finished_at = clock_timestamp() WHERE id = $1`, [started.rows[0].id])
     }))
