@@ -51,6 +51,8 @@ export const programJson = (program: ProgramRecord) => ({
   updatedAt: program.updatedAt.toISOString(),
   lockedBy: program.lockedBy,
   lockedUntil: program.lockedUntil?.toISOString() ?? null,
+  leaseToken: program.leaseToken,
+  stepLostCount: program.stepLostCount,
   nextRunAt: program.nextRunAt.toISOString()
 })
 
@@ -62,6 +64,7 @@ export const programDetails = (program: ProgramRecord): string => {
     ["jobs", program.jobs.map((job, index) => (index === program.step ? `[${job}]` : job)).join(" → ")],
     ["step", position(program)],
     ["retries", String(program.stepRetryCount)],
+    ["lost runs", String(program.stepLostCount)],
     ["program data", JSON.stringify(program.programData)],
     ["job data", JSON.stringify(program.jobData)],
     ["created at", time(program.createdAt)],
