@@ -42,6 +42,9 @@ const workerConfig: ExecutorConfig.ExecutorOptions = {
 /** Well under `staleAfter` and the SQL queue's poll: only a wake-up sent after the commit is this fast. */
 const promptly = Duration.seconds(5)
 
+/** How long the application's transaction goes on after `createProgram`. */
+const applicationWork = Duration.millis(300)
+
 /** Polls until the program is finished, at most `within`. */
 const finishedWithin = (runId: string, within: Duration.DurationInput) =>
   Effect.flatMap(ProgramRepository, (repository) =>
@@ -137,7 +140,11 @@ export const transactionalEnqueueSuite = (
     run(Effect.gen(function*() {
       yield* idleWorker
       const sql = yield* SqlClient.SqlClient
-      const runId = yield* sql.withTransaction(ProgramExecutor.createProgram({ jobs: ["tx_job"] })).pipe(noDeadlock)
+      // The application goes on working in its transaction after createProgram (not a wait for an outcome): a
+      // wake-up sent before the commit reaches the worker meanwhile, and its claim cannot see the row.
+      const runId = yield* sql.withTransaction(
+        Effect.tap(ProgramExecutor.createProgram({ jobs: ["tx_job"] }), () => Effect.sleep(applicationWork))
+      ).pipe(noDeadlock)
       yield* finishedWithin(runId, promptly)
       expect(ran.filter((id) => id === runId)).toHaveLength(1)
     })), { timeout: 60_000 })
