@@ -174,6 +174,8 @@ export class ProgramExecutor extends Context.Tag("@program-executor/core/Program
     make
   )
   static readonly make = make
+  /** The longest `createProgram` waits for its wake-up's publish (one attempt); the sweeper publishes what it misses. */
+  static readonly createPublishTimeout = createPublishTimeout
   static readonly createProgram = (input: CreateProgramInput) =>
     Effect.flatMap(ProgramExecutor, (executor) => executor.createProgram(input))
   static readonly get = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.get(runId))
