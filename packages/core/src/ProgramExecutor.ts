@@ -3,6 +3,7 @@
  * (`Executor.run`); this service only writes rows and publishes wake-ups, so it can live in any process.
  */
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -24,7 +25,7 @@ import {
   type ProgramStateError
 } from "./Program.js"
 import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
-import { ProgramQueue } from "./ProgramQueue.js"
+import { ProgramQueue, QueueError } from "./ProgramQueue.js"
 import { ProgramRepository, type RepositoryError } from "./ProgramRepository.js"
 
 export interface ProgramExecutorService {
@@ -86,6 +87,13 @@ const validateQuery = (query: ListQuery) => {
 
 const publishRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
+/**
+ * The longest `createProgram` waits for its program's first wake-up: one attempt, no retries. The row is committed by
+ * then and the sweeper publishes what this misses (invariant 0), so a broker that is down must not hold the caller:
+ * retried, and with the AMQP adapter's own 10 s `publishTimeout` per try, it used to take about 50 s.
+ */
+export const createPublishTimeout: Duration.Duration = Duration.seconds(2)
+
 const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> = Effect.gen(
   function*() {
     const repository = yield* ProgramRepository
@@ -100,6 +108,20 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
         )
       )
 
+    // Interruptible, so that the bound holds even where the caller is not (after a commit, see `afterCommit`).
+    const wakeCreated = (runId: string) =>
+      Effect.interruptible(queue.publish({ runId, step: 0 })).pipe(
+        Effect.timeoutFail({
+          duration: createPublishTimeout,
+          onTimeout: () =>
+            new QueueError({ message: `not confirmed within ${Duration.format(createPublishTimeout)}` })
+        }),
+        Effect.catchAll((error) =>
+          Effect.logError(`program stored but its wake-up could not be published; the sweeper will: ${error.message}`)
+            .pipe(Effect.annotateLogs({ runId, step: 0 }))
+        )
+      )
+
     return {
       createProgram: (input) =>
         Effect.gen(function*() {
@@ -108,7 +130,10 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
           yield* repository.insert({ runId, ...valid })
           yield* Metric.increment(metrics.programsCreated)
           yield* events.publish(ProgramEvent.ProgramCreated({ runId, jobs: valid.jobs }))
-          yield* wake(runId, 0)
+          // Inside the caller's transaction the row is not visible to workers before the commit, and a wake-up sent
+          // earlier would be refused by their claim, leaving the program to the sweeper: it goes out after the commit.
+          const deferred = repository.afterCommit === undefined ? false : yield* repository.afterCommit(wakeCreated(runId))
+          if (!deferred) yield* wakeCreated(runId)
           return runId
         }).pipe(withSpanIfTraced("program-executor.createProgram")),
 
@@ -149,6 +174,8 @@ export class ProgramExecutor extends Context.Tag("@program-executor/core/Program
     make
   )
   static readonly make = make
+  /** The longest `createProgram` waits for its wake-up's publish (one attempt); the sweeper publishes what it misses. */
+  static readonly createPublishTimeout = createPublishTimeout
   static readonly createProgram = (input: CreateProgramInput) =>
     Effect.flatMap(ProgramExecutor, (executor) => executor.createProgram(input))
   static readonly get = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.get(runId))

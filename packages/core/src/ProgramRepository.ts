@@ -82,6 +82,13 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
   ProgramRepository,
   {
     readonly insert: (program: NewProgram) => Effect.Effect<ProgramRecord, RepositoryError>
+    /**
+     * Where the caller's own transaction may still hold what `insert` wrote (a SQL repository inside the
+     * application's `sql.withTransaction`): registers `effect` to run once that transaction has committed, and
+     * returns true; it never runs on a rollback. False when the write is already committed: run `effect` now.
+     * Absent: writes are always committed when they return.
+     */
+    readonly afterCommit?: (effect: Effect.Effect<void>) => Effect.Effect<boolean>
     readonly get: (runId: string) => Effect.Effect<Option.Option<ProgramRecord>, RepositoryError>
     readonly list: (query: ListQuery) => Effect.Effect<ReadonlyArray<ProgramRecord>, RepositoryError>
     /**

@@ -15,6 +15,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import Pg from "pg"
+import * as afterCommit from "./internal/afterCommit.js"
 import * as preparedStatements from "./internal/preparedStatements.js"
 import { PreparedStatements } from "./internal/preparedStatements.js"
 import * as sqliteClient from "./internal/sqliteClient.js"
@@ -111,7 +112,8 @@ export const layerSqlite = (
       filename,
       busyTimeoutMillis: Duration.toMillis(Duration.decode(options.busyTimeout ?? "5 seconds"))
     }),
-    ({ client, prepared }) => Context.make(SqlClient.SqlClient, client).pipe(Context.add(PreparedStatements, prepared))
+    ({ client, prepared }) =>
+      Context.make(SqlClient.SqlClient, afterCommit.install(client)).pipe(Context.add(PreparedStatements, prepared))
   )).pipe(Layer.provide(Reactivity.layer))
 
 /**
@@ -143,7 +145,7 @@ const layerPg = (url: Redacted.Redacted, options: Options): Layer.Layer<SqlClien
       }),
       (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption("1 second"))
     )
-    const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool) })
+    const client = afterCommit.install(yield* PgClient.fromPool({ acquire: Effect.succeed(pool) }))
     return Context.make(PgClient.PgClient, client).pipe(
       Context.add(SqlClient.SqlClient, client),
       Context.add(PreparedStatements, preparedStatements.onPgPool(pool))
@@ -163,7 +165,10 @@ const clientLayer = (target: Target, options: Options): Layer.Layer<SqlClient.Sq
         ...(target.password === undefined ? {} : { password: target.password }),
         // Timestamps are UTC_TIMESTAMP(3) in DATETIME columns: read and write them as UTC.
         poolConfig: { timezone: "Z" }
-      }), (client) => Context.make(MysqlClient.MysqlClient, client).pipe(Context.add(SqlClient.SqlClient, client)))).pipe(
+      }), (made) => {
+        const client = afterCommit.install(made)
+        return Context.make(MysqlClient.MysqlClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+      })).pipe(
         Layer.provide(Reactivity.layer)
       )
     case "sqlite":

@@ -15,6 +15,7 @@ import {
   toRepositoryError,
   validateTableName
 } from "./internal/programsTable.js"
+import * as afterCommit from "./internal/afterCommit.js"
 import { PreparedStatements } from "./internal/preparedStatements.js"
 
 export { InvalidTableNameError }
@@ -53,6 +54,7 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
 
   return {
     insert: (program) => Effect.mapError(table.insert(program), toRepositoryError("inserting the program")),
+    afterCommit: afterCommit.register,
     get: (runId) =>
       table.get(runId).pipe(Effect.map(Option.fromNullable), Effect.mapError(toRepositoryError("reading the program"))),
     list: (query) => Effect.mapError(table.list(query), toRepositoryError("listing programs")),

@@ -20,7 +20,7 @@ export const database = (
   backend === "sqlite" ? SqlDatabase.layerSqlite(sqliteFile(namespace)) : SqlDatabase.layer(url!)
 
 /** The database, and once the test is over (after the layers on it closed): its table dropped, its file removed. */
-const disposable = (backend: Backend, namespace: string, url?: string) => {
+export const disposable = (backend: Backend, namespace: string, url?: string) => {
   const dropTable = Layer.scopedDiscard(
     Effect.flatMap(SqlClient.SqlClient, (sql) =>
       Effect.addFinalizer(() => sql`DROP TABLE IF EXISTS ${sql(namespace)}`.pipe(Effect.ignore)))

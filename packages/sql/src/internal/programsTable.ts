@@ -11,6 +11,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import { inTransaction } from "./afterCommit.js"
 import { type PreparedStatementsService, viaClient } from "./preparedStatements.js"
 import { describeSqlError, isTransientSqlError } from "./sqlErrors.js"
 
@@ -328,8 +329,12 @@ export const makeStatements = (
       JSON.stringify(program.jobs),
       JSON.stringify(program.jobData ?? null)
     ]
-    // MariaDB has INSERT … RETURNING, but its rows come back only through the client.
-    const rows = dialect === "mysql" ? sql.unsafe(insertText, params).withoutTransform : prepared.run(insertText, params)
+    // MariaDB has INSERT … RETURNING, but its rows come back only through the client. Inside the application's
+    // transaction (`createProgram` in its `sql.withTransaction`) the insert must join it, and only the client runs a
+    // statement on the transaction's connection: the prepared path would take another pool connection on PostgreSQL
+    // (the program outlived a rollback) and wait for the transaction's own lock on SQLite (a deadlock).
+    const rows = Effect.flatMap(inTransaction, (open) =>
+      dialect === "mysql" || open ? sql.unsafe(insertText, params).withoutTransform : prepared.run(insertText, params))
     return Effect.map(rows, (rows) => decodeRow(rows[0] as Row))
   }
 
