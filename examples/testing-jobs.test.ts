@@ -44,13 +44,19 @@ describe("testing jobs with ProgramExecutorTest and TestClock", () => {
       expect(yield* TestClock.currentTimeMillis).toBeGreaterThanOrEqual(3 * 60_000)
     }))
 
-  it.effect("gives up after maxAttempts: the program errors at that step", () =>
+  it.effect("gives up after the job's maxAttempts (5): exactly 5 runs, then the program errors at that step", () =>
     Effect.gen(function*() {
-      const sync = makeSync(yield* Ref.make(100))
-      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["sync_contacts", "report"] }, { jobs: [sync, report] })
+      const failures = yield* Ref.make(100)
+      const program = yield* ProgramExecutorTest.runProgram(
+        { jobs: ["sync_contacts", "report"] },
+        { jobs: [makeSync(failures), report] }
+      )
       expect(program.erroredAt).not.toBeNull()
       expect(program.step).toBe(0)
-      expect(program.errorMessage).toContain("CRM is down")
+      // The job's own maxAttempts (5), not the executor's default (20); each run stored its progress.
+      expect(100 - (yield* Ref.get(failures))).toBe(5)
+      expect(program.jobData).toEqual({ sync_contacts: { synced: 50 } })
+      expect(program.errorMessage).toBe("gave up after 5 attempt(s): CRM is down")
     }))
 
   const validate = Job.make("validate", Effect.fail(new FatalError({ message: "bad input" })))

@@ -389,9 +389,17 @@ export const executorConformance = (
             const queue = yield* ProgramQueue
             yield* workers.start()
             const runId = yield* ProgramExecutor.createProgram({ jobs: ["slow", "quick"] })
-            yield* awaitProgram(runId, (program) => program.lockedBy !== null)
-            // Duplicates of the running step, and a wake-up for a step the program has not reached.
+            yield* pollUntil(Ref.get(log), (runs) => runs.length === 1).pipe(Effect.timeout("20 seconds"))
+            // Duplicates of the running step, and a wake-up for a step the program has not reached, each handled
+            // (dropped) while the step still runs: only its lease can refuse them.
+            const dropped = Metric.counter("program_executor_wakeups_dropped_total", { incremental: true })
+            const before = (yield* Metric.value(dropped)).count
             yield* Effect.forEach([0, 0, 0, 1, 1], (step) => queue.publish({ runId, step }), { discard: true })
+            if (!options.claimsWhileDequeuing) {
+              yield* pollUntil(Metric.value(dropped), (state) => state.count - before >= 5).pipe(
+                Effect.timeout("10 seconds")
+              )
+            }
             yield* Deferred.succeed(release, undefined)
             yield* awaitProgram(runId)
             // Stale: the program is finished.
@@ -779,19 +787,30 @@ export const executorConformance = (
           }))
       }))
 
-    it.scopedLive("a typed job's concurrent merges of its data lose nothing", () =>
+    it.scopedLive("concurrent merges of a job's data lose nothing, typed or not", () =>
       Effect.gen(function*() {
-        const merging = Job.make(
-          "merging",
-          { jobData: Schema.Struct({ a: Schema.optional(Schema.Number), b: Schema.optional(Schema.Number) }) },
-          (ctx) =>
-            Effect.all([ctx.jobData.merge({ a: 1 }), ctx.jobData.merge({ b: 2 })], { concurrency: 2, discard: true })
+        const merges = (merge: (partial: { a?: number; b?: number; c?: number }) => Effect.Effect<void, any>) =>
+          Effect.all([merge({ a: 1 }), merge({ b: 2 }), merge({ c: 3 })], { concurrency: 3, discard: true })
+        const typed = Job.make(
+          "typed",
+          {
+            jobData: Schema.Struct({
+              a: Schema.optional(Schema.Number),
+              b: Schema.optional(Schema.Number),
+              c: Schema.optional(Schema.Number)
+            })
+          },
+          (ctx) => merges(ctx.jobData.merge)
         )
-        yield* run([merging], (workers) =>
+        const untyped = Job.make("untyped", Effect.flatMap(JobContext, (ctx) => merges(ctx.jobData.merge)))
+        yield* run([typed, untyped], (workers) =>
           Effect.gen(function*() {
             yield* workers.start()
-            const runId = yield* ProgramExecutor.createProgram({ jobs: ["merging"] })
-            expect((yield* awaitProgram(runId)).jobData).toEqual({ merging: { a: 1, b: 2 } })
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["typed", "untyped"] })
+            expect((yield* awaitProgram(runId)).jobData).toEqual({
+              typed: { a: 1, b: 2, c: 3 },
+              untyped: { a: 1, b: 2, c: 3 }
+            })
           }))
       }))
 

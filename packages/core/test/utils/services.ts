@@ -1,7 +1,7 @@
 /**
  * Where integration tests find their services. Each reads a URL from the environment; `.ci/run` sets them to the
- * local services. A missing URL skips the suite with a loud message on a developer's machine, and fails the run under
- * `CI=true` or `PE_REQUIRE_SERVICES=1`, so CI can never pass by skipping.
+ * local services. A missing URL skips the suite with a loud message on a developer's machine, and fails the run when
+ * `CI` is set (to anything but "false") or `PE_REQUIRE_SERVICES=1`, so CI can never pass by skipping.
  *
  * (DESIGN.md also mentions testcontainers; no Docker engine runs on our machines, so it is not wired in: set the URL.)
  */
@@ -9,7 +9,10 @@ import { describe } from "@effect/vitest"
 
 export type ServiceVariable = "DATABASE_URL" | "MYSQL_URL" | "AMQP_URL"
 
-const required = () => process.env.CI === "true" || process.env.PE_REQUIRE_SERVICES === "1"
+/** Any non-empty `CI` but "false" counts: CI systems set it to "true", "1" or their own name. */
+const required = () =>
+  (process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false") ||
+  process.env.PE_REQUIRE_SERVICES === "1"
 
 export const serviceUrl = (variable: ServiceVariable): string | undefined => {
   const url = process.env[variable]
