@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from "@effect/vitest"
 import { serviceUrl } from "../../packages/core/test/utils/services.js"
 import { printTable } from "./support/check.js"
 import { jobNames } from "./support/hooks.js"
-import { eventually, makeWorld, sleep, type World } from "./support/world.js"
+import { eventually, makeWorld, type World } from "./support/world.js"
 
 const databaseUrl = serviceUrl("DATABASE_URL")
 const amqpUrl = serviceUrl("AMQP_URL")
@@ -43,8 +43,10 @@ describeWithServices("duplicate delivery", () => {
     // After the run: every step of every finished program again. Nothing may run.
     await current.publishRaw(everyStepOf(runIds))
     await eventually("the queue is drained", async () => (await current.queueDepth()) === 0, 60_000, current.logs)
-    // The last deliveries may still be in a worker's hands: let them settle before counting.
-    await sleep(1_000)
+    // The last deliveries may still be in a worker's hands: stopping the workers settles every one of them (handled
+    // and acked, or given back to the queue) before anything is counted.
+    for (const exit of await current.stop(workers)) expect(exit.code, current.logs()).toBe(0)
+    expect(await current.queueDepth()).toBe(0)
     const after = await current.check(runIds)
 
     printTable([
@@ -57,7 +59,5 @@ describeWithServices("duplicate delivery", () => {
     expect(report.executions).toBe(total)
     expect(after.violations).toEqual([])
     expect(after.executions).toBe(total)
-
-    for (const exit of await current.stop(workers)) expect(exit.code, current.logs()).toBe(0)
   })
 })

@@ -118,7 +118,23 @@ export const layer = (options: Partial<ExecutorOptions> = {}): Layer.Layer<Execu
 
 const duration = (name: string) => Config.option(Config.duration(name))
 
-/** Reads `PE_CONCURRENCY`, `PE_LEASE_DURATION`, … ; durations as "30 seconds", `PE_MAX_ATTEMPTS` may be "unlimited". */
+/** A whole number, or "unlimited" for `Infinity`. */
+const countOrUnlimited = (name: string) =>
+  Config.option(
+    Config.string(name).pipe(
+      Config.mapOrFail((raw) => {
+        const value = raw === "unlimited" ? Infinity : Number(raw)
+        return Number.isInteger(value) || value === Infinity
+          ? Either.right(value)
+          : Either.left(ConfigError.InvalidData([name], "expected a whole number or unlimited"))
+      })
+    )
+  )
+
+/**
+ * Reads `PE_CONCURRENCY`, `PE_LEASE_DURATION`, … ; durations as "30 seconds", `PE_MAX_ATTEMPTS` and
+ * `PE_MAX_LOST_RUNS` may be "unlimited".
+ */
 export const layerFromEnv = (options: Partial<ExecutorOptions> = {}): Layer.Layer<
   ExecutorConfig,
   ConfigError.ConfigError
@@ -131,26 +147,8 @@ export const layerFromEnv = (options: Partial<ExecutorOptions> = {}): Layer.Laye
         workerId: Config.option(Config.string("PE_WORKER_ID")),
         leaseDuration: duration("PE_LEASE_DURATION"),
         heartbeatInterval: duration("PE_HEARTBEAT_INTERVAL"),
-        maxAttempts: Config.option(
-          Config.string("PE_MAX_ATTEMPTS").pipe(
-            Config.mapOrFail((raw) => {
-              const value = raw === "unlimited" ? Infinity : Number(raw)
-              return Number.isFinite(value) || value === Infinity
-                ? Either.right(value)
-                : Either.left(ConfigError.InvalidData(["PE_MAX_ATTEMPTS"], "expected a number or unlimited"))
-            })
-          )
-        ),
-        maxLostRuns: Config.option(
-          Config.string("PE_MAX_LOST_RUNS").pipe(
-            Config.mapOrFail((raw) => {
-              const value = raw === "unlimited" ? Infinity : Number(raw)
-              return Number.isInteger(value) || value === Infinity
-                ? Either.right(value)
-                : Either.left(ConfigError.InvalidData(["PE_MAX_LOST_RUNS"], "expected an integer or unlimited"))
-            })
-          )
-        ),
+        maxAttempts: countOrUnlimited("PE_MAX_ATTEMPTS"),
+        maxLostRuns: countOrUnlimited("PE_MAX_LOST_RUNS"),
         jobTimeout: duration("PE_JOB_TIMEOUT"),
         recoveryInterval: duration("PE_RECOVERY_INTERVAL"),
         sweepInterval: duration("PE_SWEEP_INTERVAL"),

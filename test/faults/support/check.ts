@@ -3,7 +3,10 @@
  * - every program finished, or errored exactly where the scenario expects (step and message);
  * - no step advanced twice: each program ran steps 0..n-1 (or up to its error) in order, each step after the previous
  *   one had completed, and the row's final step is its last;
- * - each job ran once per attempt, except where a worker died mid-job: then at most once more per death;
+ * - each step ran once, counted by the runs recorded (not by the attempt numbers the system reports), except where a
+ *   worker died mid-job: a run it left unfinished at its death may be followed by one more that started after the
+ *   death; a run with an attempt number above 1 needs a death before it (nothing fails in these scenarios);
+ * - nothing ran after its program finished;
  * - no program is left unfinished or leased.
  * `check` returns the violations (empty when all hold) and the figures for `printTable`.
  */
@@ -42,7 +45,7 @@ export interface Report {
   /** Steps completed (advanced), over all programs. */
   readonly steps: number
   readonly executions: number
-  /** Executions beyond one per (program, step, attempt). */
+  /** Executions beyond one per (program, step). */
   readonly duplicates: number
   /** Of those, the ones a dead worker explains. */
   readonly duplicatesAfterDeath: number
@@ -170,21 +173,39 @@ export const check = async (options: CheckOptions): Promise<Report> => {
         violate(runId, `step ${step} never ran (a skipped step: advanced twice?)`)
         continue
       }
-      const byAttempt = new Map<number, Array<Execution>>()
-      for (const execution of list) byAttempt.set(execution.attempt, [...(byAttempt.get(execution.attempt) ?? []), execution])
-      for (const [attempt, runs] of byAttempt) {
-        const extra = runs.length - 1
-        if (extra <= 0) continue
-        duplicates += extra
-        // A run by a worker that then died may be followed by one more; a run by a live worker never.
-        const explained = runs.filter((execution) => dead.has(execution.pid)).length
-        duplicatesAfterDeath += Math.min(extra, explained)
-        if (extra > explained) {
-          violate(
-            runId,
-            `step ${step} attempt ${attempt} ran ${runs.length} times (pids ${runs.map((run) => run.pid).join(", ")}), ` +
-              `${explained} of them by a worker that died`
-          )
+      // Runs in the order they started: each after the first needs an excuse — a run that a worker left unfinished at
+      // its death, followed by this one started after that death (each such run excuses one).
+      const runs = [...list].sort((a, b) => a.started_at.getTime() - b.started_at.getTime())
+      const excuses = runs.flatMap((execution) => {
+        if (execution.finished_at !== null) return []
+        const death = deaths.find((candidate) => candidate.pid === execution.pid)
+        return death === undefined ? [] : [{ execution, death, used: false }]
+      })
+      for (let index = 1; index < runs.length; index++) {
+        const run = runs[index]!
+        duplicates++
+        const excuse = excuses.find((candidate) =>
+          !candidate.used && candidate.execution !== run &&
+          candidate.execution.started_at.getTime() <= run.started_at.getTime() &&
+          run.started_at.getTime() >= candidate.death.at
+        )
+        if (excuse !== undefined) {
+          excuse.used = true
+          duplicatesAfterDeath++
+          continue
+        }
+        violate(
+          runId,
+          `step ${step} ran ${runs.length} times (pids ${runs.map((execution) => execution.pid).join(", ")}, attempts ` +
+            `${runs.map((execution) => execution.attempt).join(", ")}): run ${index + 1} is explained by no death before it`
+        )
+      }
+      for (const run of runs) {
+        if (run.attempt > 1 && !deaths.some((death) => death.at <= run.started_at.getTime())) {
+          violate(runId, `step ${step} ran as attempt ${run.attempt} though nothing failed and no worker had died`)
+        }
+        if (row.finished_at !== null && run.started_at > row.finished_at) {
+          violate(runId, `step ${step} ran again (pid ${run.pid}) after the program finished`)
         }
       }
       if (step > 0) {

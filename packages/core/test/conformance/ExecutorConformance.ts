@@ -604,13 +604,27 @@ export const executorConformance = (
           }))
       }))
 
-    const uninterruptibleUntil = (release: Deferred.Deferred<void>) => Effect.uninterruptible(Deferred.await(release))
+    /** A job that signals its start, then ignores interruption until `release`. */
+    const ignoringInterruption = Effect.gen(function*() {
+      const started = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const job = (options?: Job.JobOptions) =>
+        Job.make(
+          "ignores_interrupts",
+          Effect.zipRight(Deferred.succeed(started, undefined), Effect.uninterruptible(Deferred.await(release))),
+          options
+        )
+      return {
+        job,
+        started: Deferred.await(started).pipe(Effect.timeout("20 seconds")),
+        release: Deferred.succeed(release, undefined)
+      }
+    })
 
     it.scopedLive("a job that ignores interruption: its timeout frees the slot at once and the program moves on", () =>
       Effect.gen(function*() {
-        const release = yield* Deferred.make<void>()
-        const stubborn = Job.make("ignores_interrupts", uninterruptibleUntil(release), { timeout: "200 millis", maxAttempts: 1 })
-        yield* run([stubborn, Job.make("quick", Effect.void)], (workers) =>
+        const { job, release } = yield* ignoringInterruption
+        yield* run([job({ timeout: "200 millis", maxAttempts: 1 }), Job.make("quick", Effect.void)], (workers) =>
           Effect.gen(function*() {
             yield* workers.start({ concurrency: 1 })
             const stuck = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
@@ -620,48 +634,38 @@ export const executorConformance = (
             const failed = yield* awaitProgram(stuck, undefined, "10 seconds")
             expect(failed.errorMessage).toMatch(/timed out after/)
             expect(failed.lockedBy).toBeNull()
-          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+          }).pipe(Effect.ensuring(release)))
       }))
 
     it.scopedLive("a job that ignores interruption: cancelling it frees the slot at the next heartbeat", () =>
       Effect.gen(function*() {
-        const release = yield* Deferred.make<void>()
-        const started = yield* Deferred.make<void>()
-        const stubborn = Job.make(
-          "ignores_interrupts",
-          Effect.zipRight(Deferred.succeed(started, undefined), uninterruptibleUntil(release))
-        )
-        yield* run([stubborn, Job.make("quick", Effect.void)], (workers) =>
+        const { job, release, started } = yield* ignoringInterruption
+        yield* run([job(), Job.make("quick", Effect.void)], (workers) =>
           Effect.gen(function*() {
             yield* workers.start({ concurrency: 1 })
             const stuck = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
-            yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+            yield* started
             yield* ProgramExecutor.cancel(stuck, "stop it")
             const next = yield* ProgramExecutor.createProgram({ jobs: ["quick"] })
             expect((yield* awaitProgram(next, undefined, "10 seconds")).finishedAt).not.toBeNull()
             const cancelled = yield* awaitProgram(stuck, (program) => program.lockedBy === null, "10 seconds")
             expect(cancelled.errorMessage).toBe("stop it")
-          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+          }).pipe(Effect.ensuring(release)))
       }))
 
     it.scopedLive("a job that ignores interruption cannot hold a shutdown past its grace; the step is given back", () =>
       Effect.gen(function*() {
-        const release = yield* Deferred.make<void>()
-        const started = yield* Deferred.make<void>()
-        const stubborn = Job.make(
-          "ignores_interrupts",
-          Effect.zipRight(Deferred.succeed(started, undefined), uninterruptibleUntil(release))
-        )
-        yield* run([stubborn], (workers) =>
+        const { job, release, started } = yield* ignoringInterruption
+        yield* run([job()], (workers) =>
           Effect.gen(function*() {
             const worker = yield* workers.start({ shutdownGrace: Duration.millis(100) })
             const runId = yield* ProgramExecutor.createProgram({ jobs: ["ignores_interrupts"] })
-            yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+            yield* started
             const closed = yield* Scope.close(worker, Exit.void).pipe(Effect.timeout("5 seconds"), Effect.option)
             expect(Option.isSome(closed)).toBe(true)
             const given = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
             expect(given).toMatchObject({ step: 0, lockedBy: null, finishedAt: null, erroredAt: null })
-          }).pipe(Effect.ensuring(Deferred.succeed(release, undefined))))
+          }).pipe(Effect.ensuring(release)))
       }))
 
     it.scopedLive("a step whose runs were lost more than maxLostRuns times fails naming the job; a lost run counts as an attempt", () =>
