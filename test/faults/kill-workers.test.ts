@@ -24,12 +24,12 @@ const concurrency = 8
 const leaseMillis = 5_000
 const recoveryIntervalMillis = 1_000
 /**
- * From a death to the re-run's start, beyond the lease's expiry and the next recovery pass: 3 s for the re-publish,
+ * From a death to the re-run's start, beyond the lease's expiry and the next recovery pass: 5 s for the re-publish,
  * the delivery and the claim on a loaded 2-core machine where a replacement worker is starting (tsx compiling), plus
  * the queue ahead of it. A re-published step goes to the tail of the FIFO queue, behind the wake-ups ready at the
  * kill, which the two surviving workers drain at about `2 × concurrency` steps per job duration.
  */
-const marginMillis = (queuedAtKill: number) => 3_000 + Math.ceil(queuedAtKill / (2 * concurrency)) * jobMillis
+const marginMillis = (queuedAtKill: number) => 5_000 + Math.ceil(queuedAtKill / (2 * concurrency)) * jobMillis
 
 describeWithServices("kill -9 of a worker process", () => {
   let world: World | undefined
