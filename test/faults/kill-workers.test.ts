@@ -2,7 +2,7 @@
  * kill -9 of one of three worker processes at ~30%, ~50% and ~70% of a run, the killed worker started again each
  * time. Nothing is lost and nothing runs twice, except a job the dead worker had started: that one runs at most once
  * more, elsewhere, once its lease expires. The recovery is bounded by the lease: each job the dead worker had started
- * and not finished runs again within `leaseDuration + recoveryInterval` and a margin of its death, with the sweeper's
+ * and not finished runs again within `leaseDuration + 2 × recoveryInterval` and a margin of its death, with the sweeper's
  * `staleAfter` far beyond that, so it is the lease recovery that brings them back.
  *
  * To keep the fault suite within its budget on a 2-core machine, CI runs 200 programs × 5 jobs; the full run is
@@ -94,7 +94,8 @@ describeWithServices("kill -9 of a worker process", () => {
         `SELECT run_id, step, started_at FROM ${current.executionsTable} WHERE pid = $1 AND finished_at IS NULL`,
         [victim.pid]
       )
-      const boundMillis = leaseMillis + recoveryIntervalMillis + marginMillis(queued.at(-1)!)
+      // The lease, a recovery pass, and the random delay (up to one more interval) of the re-published wake-up.
+      const boundMillis = leaseMillis + 2 * recoveryIntervalMillis + marginMillis(queued.at(-1)!)
       const rerunAt = new Map<string, number>()
       await eventually(`the ${held.length} job(s) worker ${victim.pid} left unfinished ran again`, async () => {
         const { rows } = await current.db.query<{ run_id: string; step: number; started_at: Date }>(

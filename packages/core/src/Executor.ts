@@ -16,6 +16,7 @@ import * as HashMap from "effect/HashMap"
 import * as HashSet from "effect/HashSet"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as Tracer from "effect/Tracer"
 import type * as Job from "./Job.js"
@@ -195,9 +196,11 @@ const sweeper = (
   )
 
 /**
- * Re-publishes, at once, the steps whose lease expired without an outcome: a dead worker's steps run again within
- * `leaseDuration + recoveryInterval`, not after `staleAfter`. (The broker redelivers a dead worker's messages at
- * once, while its leases still refuse them.)
+ * Re-publishes the steps whose lease expired without an outcome: a dead worker's steps run again within
+ * `leaseDuration + 2 × recoveryInterval`, not after `staleAfter`. (The broker redelivers a dead worker's messages at
+ * once, while its leases still refuse them.) Each wake-up is delayed by a random part of `recoveryInterval`: the
+ * steps a dead worker held together would otherwise be re-run together, likely on one worker again, so a job that
+ * crashes its process would take the same neighbours down at every crash and exhaust their `maxLostRuns` with its own.
  */
 const recoverer = (
   config: ExecutorOptions,
@@ -206,7 +209,15 @@ const recoverer = (
 ) =>
   repository.recoverExpired(config.sweepBatchSize).pipe(
     Effect.flatMap((expired) =>
-      Effect.forEach(expired, (message) => queue.publish(message), { discard: true, concurrency: 8 }).pipe(
+      Effect.forEach(
+        expired,
+        (message) =>
+          Effect.flatMap(
+            Random.nextRange(0, Duration.toMillis(config.recoveryInterval)),
+            (millis) => queue.publish(message, { delay: Duration.millis(Math.round(millis)) })
+          ),
+        { discard: true, concurrency: 8 }
+      ).pipe(
         Effect.zipRight(
           expired.length === 0
             ? Effect.void

@@ -46,7 +46,8 @@ export interface ExecutorOptions {
   readonly staleAfter: Duration.Duration
   /**
    * How often a worker looks for leases that expired without an outcome (a dead worker's steps) and re-publishes
-   * those steps: such a step runs again within `leaseDuration + recoveryInterval` of its worker's death.
+   * those steps (each after a random part of the interval): such a step runs again within
+   * `leaseDuration + 2 × recoveryInterval` of its worker's death.
    */
   readonly recoveryInterval: Duration.Duration
   /** Most wake-ups one sweep re-publishes. */

@@ -4,8 +4,9 @@
  * - no step advanced twice: each program ran steps 0..n-1 (or up to its error) in order, each step after the previous
  *   one had completed, and the row's final step is its last;
  * - each step ran once, counted by the runs recorded (not by the attempt numbers the system reports), except where a
- *   worker died mid-job: a run it left unfinished at its death may be followed by one more that started after the
- *   death; a run with an attempt number above 1 needs a death before it (nothing fails in these scenarios);
+ *   worker died holding it: a run by a worker that died after it started (mid-job, or after the job and before the
+ *   step advanced) may be followed by one more that started after the death — never one running beside it; a run
+ *   with an attempt number above 1 needs a death before it (nothing fails in these scenarios);
  * - nothing ran after its program finished;
  * - no program is left unfinished or leased.
  * `check` returns the violations (empty when all hold) and the figures for `printTable`.
@@ -173,12 +174,13 @@ export const check = async (options: CheckOptions): Promise<Report> => {
         violate(runId, `step ${step} never ran (a skipped step: advanced twice?)`)
         continue
       }
-      // Runs in the order they started: each after the first needs an excuse — a run that a worker left unfinished at
-      // its death, followed by this one started after that death (each such run excuses one).
+      // Runs in the order they started: each after the first needs an excuse — an earlier run by a worker that died
+      // after that run started and before this one did (each such run excuses one).
       const runs = [...list].sort((a, b) => a.started_at.getTime() - b.started_at.getTime())
       const excuses = runs.flatMap((execution) => {
-        if (execution.finished_at !== null) return []
-        const death = deaths.find((candidate) => candidate.pid === execution.pid)
+        const death = deaths.find((candidate) =>
+          candidate.pid === execution.pid && candidate.at >= execution.started_at.getTime()
+        )
         return death === undefined ? [] : [{ execution, death, used: false }]
       })
       for (let index = 1; index < runs.length; index++) {
