@@ -91,7 +91,7 @@ const backendLayer = (config: ProgramExecutorConfig): Layer.Layer<Services, unkn
     ? Layer.succeed(SqlClient.SqlClient, config.sqlClient)
     : SqlDatabase.layer(config.databaseUrl ?? `sqlite:${config.filename ?? "./program-executor.db"}`)
   const repository = SqlProgramRepository.layer(tableName)
-  const queue = config.amqpUrl === undefined
+  const queue: Layer.Layer<ProgramQueue, unknown, SqlClient.SqlClient> = config.amqpUrl === undefined
     ? SqlProgramQueue.layer(tableName)
     : AmqpProgramQueue.layer(config.queueName === undefined ? {} : { queueName: config.queueName }).pipe(
       Layer.provide(AmqpConnection.layer(config.amqpUrl))
