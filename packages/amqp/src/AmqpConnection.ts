@@ -5,6 +5,7 @@
  *
  * The URL's password stays `Redacted`: logs and errors name only the host, port and vhost.
  */
+import { Url } from "@program-executor/core"
 import * as amqp from "amqplib"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -12,6 +13,7 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
@@ -29,6 +31,37 @@ export class AmqpError extends Schema.TaggedError<AmqpError>()("AmqpError", {
   message: Schema.String,
   cause: Schema.optionalWith(Schema.Defect, { exact: true })
 }) {}
+
+/**
+ * The URL cannot be used: unparsable, not `amqp:`/`amqps:`, no host, or a raw reserved character in the user name or
+ * password. Raised when the layer is built, before any connection attempt. The message never contains the password.
+ */
+export class InvalidAmqpUrlError extends Schema.TaggedError<InvalidAmqpUrlError>()("InvalidAmqpUrlError", {
+  message: Schema.String
+}) {}
+
+const invalidUrl = (url: string, why: string) =>
+  new InvalidAmqpUrlError({ message: `invalid AMQP URL ${Url.redact(url)}: ${why}` })
+
+/**
+ * The URL as amqplib will read it, checked up front: amqplib parses it inside its connection callback, where a throw
+ * would leave the connection fiber dead and every publish waiting for a connection that never comes.
+ */
+export const parseUrl = (url: string): Either.Either<URL, InvalidAmqpUrlError> => {
+  const parsed = Url.parseSafely(url)
+  if (parsed === undefined) {
+    return Either.left(invalidUrl(
+      url,
+      "it cannot be parsed as amqp://user:password@host:port/vhost; a user name or password containing / ? # @ : or % " +
+        "must be percent-encoded (encodeURIComponent)"
+    ))
+  }
+  if (parsed.protocol !== "amqp:" && parsed.protocol !== "amqps:") {
+    return Either.left(invalidUrl(url, `the scheme must be amqp: or amqps:, not ${parsed.protocol}`))
+  }
+  if (parsed.hostname === "") return Either.left(invalidUrl(url, "it names no host"))
+  return Either.right(parsed)
+}
 
 export interface AmqpConnectionOptions {
   /** `amqp://user:password@host:port/vhost`. */
@@ -73,22 +106,19 @@ export class AmqpConnection extends Context.Tag("@program-executor/amqp/AmqpConn
 >() {}
 
 /** The URL without credentials, for logs. */
-const describeEndpoint = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    const vhost = decodeURIComponent(parsed.pathname.slice(1)) || "/"
-    return `${parsed.hostname}:${parsed.port || (parsed.protocol === "amqps:" ? "5671" : "5672")} vhost ${vhost}`
-  } catch {
-    return "(unparsable AMQP URL)"
-  }
+const describeEndpoint = (parsed: URL): string => {
+  const vhost = decodeURIComponent(parsed.pathname.slice(1)) || "/"
+  return `${parsed.hostname}:${parsed.port || (parsed.protocol === "amqps:" ? "5671" : "5672")} vhost ${vhost}`
 }
 
 const errorMessage = (error: unknown) => error instanceof Error ? error.message : String(error)
 
-export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnectionShape, never, Scope.Scope> =>
+export const make = (
+  options: AmqpConnectionOptions
+): Effect.Effect<AmqpConnectionShape, InvalidAmqpUrlError, Scope.Scope> =>
   Effect.gen(function*() {
-    const url = Redacted.isRedacted(options.url) ? options.url : Redacted.make(options.url)
-    const endpoint = describeEndpoint(Redacted.value(url))
+    const parsedUrl = yield* parseUrl(Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url)
+    const endpoint = describeEndpoint(parsedUrl)
     const reconnectSchedule = options.reconnectSchedule ?? defaultReconnectSchedule
     const connectTimeout = Duration.decode(options.connectTimeout ?? "10 seconds")
     const heartbeatSeconds = Math.max(1, Math.round(Duration.toSeconds(options.heartbeat ?? "10 seconds")))
@@ -100,11 +130,12 @@ export const make = (options: AmqpConnectionOptions): Effect.Effect<AmqpConnecti
     let generation = 0
 
     // amqplib's promise cannot be cancelled: a connection that opens after we gave up is closed at once.
+    const withHeartbeat = new URL(parsedUrl)
+    if (!withHeartbeat.searchParams.has("heartbeat")) withHeartbeat.searchParams.set("heartbeat", String(heartbeatSeconds))
+    const connectUrl = Redacted.make(withHeartbeat.toString())
     const connectOnce = Effect.async<amqp.ChannelModel, AmqpError>((resume) => {
       let abandoned = false
-      const connectUrl = new URL(Redacted.value(url))
-      if (!connectUrl.searchParams.has("heartbeat")) connectUrl.searchParams.set("heartbeat", String(heartbeatSeconds))
-      amqp.connect(connectUrl.toString(), {
+      amqp.connect(Redacted.value(connectUrl), {
         noDelay: true,
         timeout: Duration.toMillis(connectTimeout),
         clientProperties: { connection_name: connectionName }
@@ -220,10 +251,10 @@ const normalize = (input: string | Redacted.Redacted<string> | AmqpConnectionOpt
 /** From a URL (kept `Redacted`) or full options. Building it does not wait for the broker. */
 export const layer = (
   options: string | Redacted.Redacted<string> | AmqpConnectionOptions
-): Layer.Layer<AmqpConnection> => Layer.scoped(AmqpConnection, make(normalize(options)))
+): Layer.Layer<AmqpConnection, InvalidAmqpUrlError> => Layer.scoped(AmqpConnection, make(normalize(options)))
 
 /** From `Config`, e.g. `layerConfig({ url: Config.redacted("AMQP_URL") })`. */
 export const layerConfig = (
   config: Config.Config.Wrap<AmqpConnectionOptions>
-): Layer.Layer<AmqpConnection, ConfigError.ConfigError> =>
+): Layer.Layer<AmqpConnection, ConfigError.ConfigError | InvalidAmqpUrlError> =>
   Layer.scoped(AmqpConnection, Effect.flatMap(Config.unwrap(config), make))

@@ -44,6 +44,36 @@ export interface AmqpProgramQueueOptions {
 
 export const defaultQueueName = "program-executor"
 
+/** The queue name breaks a rule below. Raised when the layer is built, before anything is declared. */
+export class InvalidQueueNameError extends Schema.TaggedError<InvalidQueueNameError>()("InvalidQueueNameError", {
+  queueName: Schema.String,
+  message: Schema.String
+}) {}
+
+const queueNamePattern = /^[A-Za-z0-9_][A-Za-z0-9_.:-]*$/
+/** RabbitMQ allows 255 bytes; the longest delay queue adds `.delay.2147483647` (17 characters). */
+export const maxQueueNameLength = 200
+
+/**
+ * A queue name the broker will use as given. An empty name would make the broker invent one for each declaration
+ * (publishes to "" go nowhere), and it refuses names starting with `amq.` (a subscriber would retry for ever).
+ */
+export const validateQueueName = (queueName: string): Either.Either<string, InvalidQueueNameError> => {
+  const fail = (rule: string) =>
+    Either.left(
+      new InvalidQueueNameError({
+        queueName: String(queueName),
+        message: `invalid queue name ${JSON.stringify(String(queueName)).slice(0, 80)}: ${rule}`
+      })
+    )
+  if (typeof queueName !== "string" || queueName === "") return fail("it must not be empty")
+  if (queueName.startsWith("amq.")) return fail("names starting with amq. are reserved by RabbitMQ")
+  if (!queueNamePattern.test(queueName) || queueName.length > maxQueueNameLength) {
+    return fail(`it must match ${queueNamePattern.source} and be at most ${maxQueueNameLength} characters`)
+  }
+  return Either.right(queueName)
+}
+
 /** Malformed messages acked and dropped, tagged with `queue`. */
 export const poisonMessages = Metric.counter("program_executor_amqp_poison_messages_total", {
   description: "malformed AMQP messages acknowledged and dropped",
@@ -137,8 +167,8 @@ const closeChannel = (tracked: OpenChannel<amqp.Channel>) =>
 
 export const make = (options: AmqpProgramQueueOptions = {}) =>
   Effect.gen(function*() {
+    const queueName = yield* validateQueueName(options.queueName ?? defaultQueueName)
     const connection = yield* AmqpConnection
-    const queueName = options.queueName ?? defaultQueueName
     const publishTimeout = Duration.decode(options.publishTimeout ?? "10 seconds")
     const maxMessageBytes = options.maxMessageBytes ?? 64 * 1024
     const logBodyChars = options.logBodyChars ?? 200
@@ -471,5 +501,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
   })
 
 /** `ProgramQueue` on RabbitMQ, over the process's `AmqpConnection`. */
-export const layer = (options: AmqpProgramQueueOptions = {}): Layer.Layer<ProgramQueue, never, AmqpConnection> =>
+export const layer = (
+  options: AmqpProgramQueueOptions = {}
+): Layer.Layer<ProgramQueue, InvalidQueueNameError, AmqpConnection> =>
   Layer.scoped(ProgramQueue, make(options))

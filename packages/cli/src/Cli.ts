@@ -5,7 +5,10 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
+import * as CommandDescriptor from "@effect/cli/CommandDescriptor"
+import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
+import * as Usage from "@effect/cli/Usage"
 import * as ValidationError from "@effect/cli/ValidationError"
 import { Executor, ExecutorConfig, type Job, JobLibrary, ProgramExecutor, ProgramNotFoundError } from "@program-executor/core"
 import * as Cause from "effect/Cause"
@@ -13,6 +16,7 @@ import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import { identity } from "effect/Function"
+import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
@@ -156,9 +160,17 @@ const workerLogger = Layer.unwrapEffect(
 
 // create
 
+// A word after the job names that looks like a flag is a flag this command does not have (`create a b --typo k`
+// used to create jobs named "--typo" and "k"): refused here, with the usage line (see `run`).
 const jobNames = Args.text({ name: "job" }).pipe(
   Args.withDescription("Job names, in order (or give --file)"),
-  Args.repeated
+  Args.repeated,
+  Args.mapEffect((names) => {
+    const flag = names.find((name) => name.startsWith("-"))
+    return flag === undefined
+      ? Effect.succeed(names)
+      : Effect.fail(HelpDoc.p(`unknown option ${flag} (a job name cannot start with "-")`))
+  })
 )
 const programData = Options.text("program-data").pipe(
   Options.withAlias("p"),
@@ -340,6 +352,18 @@ export const messageOf = (error: unknown): string => {
 
 const debug = () => process.env.PE_DEBUG === "1"
 
+/** `Usage: program-executor <command> …`: the command named in `args` (after node and the script), else the list. */
+const usageLine = (args: ReadonlyArray<string>): string => {
+  const subcommands = Command.getSubcommands(command)
+  const name = args.slice(2).find((arg) => !arg.startsWith("-"))
+  const subcommand = name === undefined ? Option.none() : HashMap.get(subcommands, name)
+  const usage = Option.match(subcommand, {
+    onNone: () => `<${[...HashMap.keys(subcommands)].join(" | ")}> …`,
+    onSome: (found) => HelpDoc.toAnsiText(Usage.getHelp(CommandDescriptor.getUsage(found))).trim()
+  })
+  return `Usage: program-executor ${usage}\nRun program-executor ${Option.isSome(subcommand) ? `${name} ` : ""}--help for details.`
+}
+
 /**
  * Runs the command line. Whatever fails is printed as `program-executor: <message>` on stderr and the effect fails
  * (so `runMain` exits 1); `PE_DEBUG=1` prints the whole cause as well. Usage errors are printed by @effect/cli.
@@ -349,7 +373,10 @@ export const run = (argv: ReadonlyArray<string>) =>
     Effect.tapErrorCause((cause) => {
       if (Cause.isInterruptedOnly(cause)) return Effect.void
       const failure = Cause.failureOption(cause)
-      if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) return Effect.void
+      // @effect/cli has printed what is wrong; the usage line says what is right.
+      if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) {
+        return ValidationError.isHelpRequested(failure.value) ? Effect.void : Console.error(usageLine(argv))
+      }
       const error = Option.isSome(failure) ? failure.value : Cause.squash(cause)
       return Console.error(`program-executor: ${messageOf(error)}`).pipe(
         Effect.zipRight(debug() ? Console.error(Cause.pretty(cause)) : Effect.void)

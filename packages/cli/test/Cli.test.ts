@@ -1,7 +1,7 @@
 // The `program-executor` command end to end: the bin is spawned as a real process, against SQLite and PostgreSQL.
 import { describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { serviceUrl } from "../../core/test/utils/services.js"
@@ -182,6 +182,37 @@ describe("program-executor", () => {
   it("reports an unreachable database in one line", { timeout: 60_000 }, async () => {
     const result = await finished(start(["list", "--database-url", "postgres://postgres@127.0.0.1:1/test"], {}, tmpdir()))
     expectOneLineError(result, /cannot open postgres:\/\/postgres@127\.0\.0\.1:1\/test .*ECONNREFUSED/)
+  })
+
+  it("never prints a password, whatever form the URL gives it in", { timeout: 60_000 }, async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "pe-cli-secrets-"))
+    const forms = [
+      { args: ["--database-url", "postgres://u:p@ssw0rd@127.0.0.1:1/test"], secret: "ssw0rd", shown: /postgres:\/\/u:\*\*\*@127/ },
+      { args: ["--database-url", "postgres://u@127.0.0.1:1/test?password=hunter2"], secret: "hunter2", shown: /password=\*\*\*/ },
+      { args: ["--database-url", "mysql://root:p@ssw0rd@127.0.0.1:1/test"], secret: "ssw0rd", shown: /mysql:\/\/root:\*\*\*@127/ },
+      {
+        args: ["--database-url", "sqlite:./x.db", "--amqp-url", "amqp://guest:12/s3cret@127.0.0.1:1"],
+        secret: "s3cret",
+        shown: /invalid AMQP URL amqp:\/\/\*\*\* .*percent-encoded/
+      }
+    ]
+    const results = await Promise.all(forms.map(({ args }) => finished(start(["list", ...args], { PE_DEBUG: "1" }, cwd))))
+    results.forEach((result, index) => {
+      const { secret, shown } = forms[index]!
+      expect(result.code, result.stderr).toBe(1)
+      expect(result.stderr).toMatch(shown)
+      expect(result.stdout + result.stderr).not.toContain(secret)
+    })
+  })
+
+  it("refuses an unknown flag after the job names with the usage line, creating nothing", { timeout: 60_000 }, async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "pe-cli-flags-"))
+    const result = await finished(start(["create", "a", "b", "--idempotency-key", "k"], {}, cwd))
+    expect(result.code).toBe(1)
+    expect(result.stdout).toBe("")
+    expect(result.stderr).toContain("unknown option --idempotency-key")
+    expect(result.stderr).toMatch(/Usage: program-executor create .*<job>\.\.\./)
+    expect(existsSync(join(cwd, "program-executor.db"))).toBe(false)
   })
 })
 

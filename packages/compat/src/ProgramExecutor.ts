@@ -21,6 +21,7 @@ import {
   Job,
   JobLibrary,
   ProgramExecutor as ProgramExecutorService,
+  type ProgramEvent,
   ProgramEvents,
   type ProgramQueue,
   ProgramRepository
@@ -35,6 +36,7 @@ import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { EventEmitter } from "node:events"
 
@@ -91,7 +93,7 @@ const backendLayer = (config: ProgramExecutorConfig): Layer.Layer<Services, unkn
     ? Layer.succeed(SqlClient.SqlClient, config.sqlClient)
     : SqlDatabase.layer(config.databaseUrl ?? `sqlite:${config.filename ?? "./program-executor.db"}`)
   const repository = SqlProgramRepository.layer(tableName)
-  const queue = config.amqpUrl === undefined
+  const queue: Layer.Layer<ProgramQueue, unknown, SqlClient.SqlClient> = config.amqpUrl === undefined
     ? SqlProgramQueue.layer(tableName)
     : AmqpProgramQueue.layer(config.queueName === undefined ? {} : { queueName: config.queueName }).pipe(
       Layer.provide(AmqpConnection.layer(config.amqpUrl))
@@ -102,10 +104,14 @@ const backendLayer = (config: ProgramExecutorConfig): Layer.Layer<Services, unkn
   ) as Layer.Layer<Services, unknown>
 }
 
+/** The failure itself when it is an `Error` (callers can inspect it); otherwise an `Error` with its text. */
+const asError = (failure: unknown): Error =>
+  failure instanceof Error ? failure : new Error(String(failure), { cause: failure })
+
 /** Rejects with the failure itself (an `Error`), not a wrapper, so callers can inspect it. */
 const toPromise = <A, E, R>(runtime: ManagedRuntime.ManagedRuntime<R, unknown>, effect: Effect.Effect<A, E, R>) =>
   runtime.runPromiseExit(effect).then((exit) =>
-    Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause))
+    Exit.isSuccess(exit) ? exit.value : Promise.reject(asError(Cause.squash(exit.cause)))
   )
 
 export class ProgramExecutor extends EventEmitter {
@@ -117,6 +123,7 @@ export class ProgramExecutor extends EventEmitter {
   readonly #config: ProgramExecutorConfig
   readonly #runtime: ManagedRuntime.ManagedRuntime<Services, unknown>
   #workers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+  #scopes: Array<Scope.CloseableScope> = []
   #closed = false
 
   constructor(config: ProgramExecutorConfig) {
@@ -146,7 +153,8 @@ export class ProgramExecutor extends EventEmitter {
 
   /**
    * Starts executing programs with the jobs of `jobLibrary` (`{ [jobName]: JobClass }`) in this process, until
-   * `close()`. Resolves once the worker is connected; rejects if the database or broker cannot be reached.
+   * `close()`. Resolves once the worker's configuration is valid and its database and broker are connected; rejects
+   * with the reason otherwise (an invalid option such as `concurrency: 0`, a duplicate job, an unreachable database).
    */
   async processPrograms(jobLibrary: JobLibraryObject): Promise<void> {
     if (this.#closed) throw new Error("this ProgramExecutor is closed")
@@ -160,37 +168,49 @@ export class ProgramExecutor extends EventEmitter {
       ...config.executor
     }
     const worker = Layer.merge(JobLibrary.layer(...jobs), ExecutorConfig.layer(options))
-    await this.#runtime.runtime()
-    const listener = this.#runtime.runFork(this.#emitErrors)
-    // Let the listener subscribe before the first step can fail.
-    await this.#runtime.runPromise(Effect.repeatN(Effect.yieldNow(), 20))
-    const executor = this.#runtime.runFork(Effect.provide(Executor.run, worker))
-    this.#workers.push(listener, executor)
+    const emitErrors = this.#emitErrors
+    const started = await this.#runtime.runPromiseExit(Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      // The worker's own layers are built here, not inside its fiber: a configuration that cannot run rejects this
+      // call instead of ending a fiber nobody awaits.
+      const context = yield* Layer.buildWithScope(worker, scope).pipe(
+        Effect.onError(() => Scope.close(scope, Exit.void))
+      )
+      // `subscribe` has subscribed when it returns: no failure of the first steps is missed.
+      const events = yield* ProgramEvents.subscribe.pipe(Scope.extend(scope))
+      const listener = yield* Effect.forkDaemon(emitErrors(events))
+      const executor = yield* Effect.forkDaemon(Effect.provide(Executor.run, context))
+      return { scope, fibers: [executor, listener] }
+    }))
+    if (Exit.isFailure(started)) throw asError(Cause.squash(started.cause))
+    this.#workers.push(...started.value.fibers)
+    this.#scopes.push(started.value.scope)
   }
 
   /** Maps failures onto `programError`, as the old library emitted them: retries and fatal errors, not ignorable. */
-  readonly #emitErrors = ProgramEvents.stream.pipe(
-    Stream.runForEach((event) =>
-      Effect.gen(this, function*() {
-        if (event._tag !== "RetryScheduled" && !(event._tag === "ProgramErrored" && !event.ignorable)) return
-        if (this.listenerCount("programError") === 0) return
-        const program = yield* ProgramExecutorService.get(event.runId).pipe(Effect.map(Option.getOrUndefined))
-        const error = Object.assign(
-          new Error(event.errorMessage),
-          event._tag === "RetryScheduled" ? { retryable: true } : {}
-        )
-        const payload: ProgramErrorEvent = {
-          message: {
-            jobs: program?.jobs.slice(event.step) ?? [event.job],
-            programData: program?.programData ?? {},
-            runId: event.runId
-          },
-          error
-        }
-        this.emit("programError", payload)
-      }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("could not emit programError", cause)))
+  readonly #emitErrors = (events: Stream.Stream<ProgramEvent>) =>
+    events.pipe(
+      Stream.runForEach((event) =>
+        Effect.gen(this, function*() {
+          if (event._tag !== "RetryScheduled" && !(event._tag === "ProgramErrored" && !event.ignorable)) return
+          if (this.listenerCount("programError") === 0) return
+          const program = yield* ProgramExecutorService.get(event.runId).pipe(Effect.map(Option.getOrUndefined))
+          const error = Object.assign(
+            new Error(event.errorMessage),
+            event._tag === "RetryScheduled" ? { retryable: true } : {}
+          )
+          const payload: ProgramErrorEvent = {
+            message: {
+              jobs: program?.jobs.slice(event.step) ?? [event.job],
+              programData: program?.programData ?? {},
+              runId: event.runId
+            },
+            error
+          }
+          this.emit("programError", payload)
+        }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("could not emit programError", cause)))
+      )
     )
-  )
 
   /** Stops the worker (running jobs get the shutdown grace period) and closes the connections. */
   async close(): Promise<void> {
@@ -198,7 +218,10 @@ export class ProgramExecutor extends EventEmitter {
     this.#closed = true
     const workers = this.#workers
     this.#workers = []
+    const scopes = this.#scopes
+    this.#scopes = []
     await Effect.runPromise(Fiber.interruptAll(workers))
+    await Effect.runPromise(Effect.forEach(scopes, (scope) => Scope.close(scope, Exit.void), { discard: true }))
     await this.#runtime.dispose()
   }
 }

@@ -64,6 +64,32 @@ const suite = (config: () => Parameters<typeof ProgramExecutor.create>[0]) => {
     }
   })
 
+  it("processPrograms rejects when the worker cannot start (concurrency: 0), with the reason", async () => {
+    const executor = ProgramExecutor.create({ ...config(), concurrency: 0 })
+    try {
+      await expect(executor.processPrograms(jobLibrary)).rejects.toThrow(/concurrency must be an integer >= 1 \(got 0\)/)
+    } finally {
+      await executor.close()
+    }
+  })
+
+  it("a step failing as soon as the worker starts is reported: the listener subscribes first", { timeout: 60_000 }, async () => {
+    const executor = ProgramExecutor.create({ ...config(), retryDelayMs: 20 })
+    try {
+      // Created before the worker, so its first step is due the moment the worker subscribes to the queue.
+      const broken = await executor.createProgram({ jobs: ["broken_job"] })
+      const reported = new Promise<ProgramErrorEvent>((resolve) =>
+        executor.on("programError", (event: ProgramErrorEvent) => {
+          if (event.message.runId === broken) resolve(event)
+        })
+      )
+      await executor.processPrograms(jobLibrary)
+      expect((await reported).error.message).toBe("this job is broken")
+    } finally {
+      await executor.close()
+    }
+  })
+
   it("rejects an invalid program with the reason, storing nothing", async () => {
     const executor = ProgramExecutor.create(config())
     try {

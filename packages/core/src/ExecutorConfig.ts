@@ -96,22 +96,67 @@ export class ExecutorConfig extends Context.Reference<ExecutorConfig>()("@progra
   defaultValue: defaults
 }) {}
 
-/** Checks what the types cannot: positive sizes, a heartbeat well inside the lease. */
+const positiveDurations = ["leaseDuration", "heartbeatInterval", "sweepInterval", "staleAfter", "recoveryInterval"] as const
+
+/**
+ * Checks what the types cannot, and lists every problem at once: positive durations (a zero lease or interval would
+ * spin or expire at once), a heartbeat shorter than the lease, integer sizes, attempts that can happen. Durations
+ * given as `DurationInput` (JavaScript callers pass numbers of milliseconds) are decoded here.
+ */
 export const validate = (options: ExecutorOptions): Effect.Effect<ExecutorOptions, ConfigError.ConfigError> => {
   const problems: Array<string> = []
-  if (!Number.isInteger(options.concurrency) || options.concurrency < 1) problems.push("concurrency must be >= 1")
-  if (!(options.maxAttempts >= 1)) problems.push("maxAttempts must be >= 1 (Infinity for no limit)")
-  if (!(options.maxLostRuns >= 0)) problems.push("maxLostRuns must be >= 0 (Infinity for no limit)")
-  if (!Duration.greaterThan(options.recoveryInterval, Duration.zero)) problems.push("recoveryInterval must be positive")
-  if (!Number.isInteger(options.sweepBatchSize) || options.sweepBatchSize < 1) {
-    problems.push("sweepBatchSize must be >= 1")
+  const shown = (value: unknown) => typeof value === "number" || typeof value === "string" ? String(value) : typeof value
+  const durations: Record<string, Duration.Duration> = {}
+  const duration = (name: string, value: unknown, rule: "positive" | "non-negative"): void => {
+    // `Duration.decode` turns a negative or NaN number into zero: look at the number itself first.
+    const decoded = typeof value === "number" && !(value >= 0) ? Option.none() : Duration.decodeUnknown(value)
+    if (Option.isNone(decoded)) {
+      problems.push(`${name} must be a ${rule} duration (got ${shown(value)})`)
+    } else if (rule === "positive" ? Duration.isZero(decoded.value) : false) {
+      problems.push(`${name} must be a positive duration (got ${Duration.format(decoded.value)})`)
+    } else {
+      durations[name] = decoded.value
+    }
   }
-  if (Duration.greaterThanOrEqualTo(options.heartbeatInterval, options.leaseDuration)) {
-    problems.push("heartbeatInterval must be shorter than leaseDuration")
+  const integer = (name: string, value: number, min: number, unlimited: boolean) => {
+    if (!(Number.isInteger(value) && value >= min) && !(unlimited && value === Infinity)) {
+      problems.push(`${name} must be an integer >= ${min}${unlimited ? " (Infinity for no limit)" : ""} (got ${shown(value)})`)
+    }
   }
-  return problems.length === 0
-    ? Effect.succeed(options)
-    : Effect.fail(ConfigError.InvalidData([], `invalid executor options: ${problems.join("; ")}`))
+  integer("concurrency", options.concurrency, 1, false)
+  integer("maxAttempts", options.maxAttempts, 1, true)
+  integer("maxLostRuns", options.maxLostRuns, 0, true)
+  integer("sweepBatchSize", options.sweepBatchSize, 1, false)
+  for (const name of positiveDurations) duration(name, options[name], "positive")
+  duration("shutdownGrace", options.shutdownGrace, "non-negative")
+  if (!Option.isOption(options.jobTimeout)) {
+    problems.push("jobTimeout must be an Option of a duration (Option.none() for no limit)")
+  } else if (Option.isSome(options.jobTimeout)) {
+    duration("jobTimeout", options.jobTimeout.value, "positive")
+  }
+  const { heartbeatInterval, leaseDuration } = durations
+  if (
+    heartbeatInterval !== undefined && leaseDuration !== undefined &&
+    Duration.greaterThanOrEqualTo(heartbeatInterval, leaseDuration)
+  ) {
+    problems.push(
+      `heartbeatInterval must be shorter than leaseDuration (got ${Duration.format(heartbeatInterval)} and ${
+        Duration.format(leaseDuration)
+      })`
+    )
+  }
+  if (typeof options.workerId !== "string" || options.workerId === "") problems.push("workerId must be a non-empty string")
+  if (options.onUnknownJob !== "fail" && options.onUnknownJob !== "skip") {
+    problems.push(`onUnknownJob must be "fail" or "skip" (got ${shown(options.onUnknownJob)})`)
+  }
+  if (problems.length > 0) {
+    return Effect.fail(ConfigError.InvalidData([], `invalid executor options: ${problems.join("; ")}`))
+  }
+  return Effect.succeed({
+    ...options,
+    ...durations,
+    jobTimeout: Option.isSome(options.jobTimeout) ? Option.some(durations.jobTimeout!) : Option.none()
+  })
 }
 
 export const layer = (options: Partial<ExecutorOptions> = {}): Layer.Layer<ExecutorConfig, ConfigError.ConfigError> =>

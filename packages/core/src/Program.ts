@@ -85,9 +85,14 @@ const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown }).
   message: () => "must be a plain object"
 })
 
-const JobName = Schema.String.pipe(
+/**
+ * A job name. One starting with "-" is refused: it is how a mistyped command-line flag (`create a --typo`) would
+ * become a job, and no job library can name it on a command line.
+ */
+export const JobName = Schema.String.pipe(
   Schema.nonEmptyString({ message: () => "a job name must be a non-empty string" }),
-  Schema.maxLength(200, { message: () => "a job name must be at most 200 characters" })
+  Schema.maxLength(200, { message: () => "a job name must be at most 200 characters" }),
+  Schema.filter((name) => !name.startsWith("-") || `a job name cannot start with "-" (got ${JSON.stringify(name)})`)
 )
 
 /** What `createProgram` accepts. Decoded from `unknown`, since JavaScript callers and the CLI pass anything. */

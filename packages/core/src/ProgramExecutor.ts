@@ -11,7 +11,9 @@ import type * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import { Buffer } from "node:buffer"
 import { randomUUID } from "node:crypto"
+import * as jsonValue from "./internal/jsonValue.js"
 import * as metrics from "./internal/metrics.js"
 import { retryOnFailure } from "./internal/retry.js"
 import { withSpanIfTraced } from "./internal/tracing.js"
@@ -52,11 +54,36 @@ const decodeInput = Schema.decodeUnknown(CreateProgramInput, { errors: "all", on
 
 const invalid = (message: string) => new InvalidProgramError({ message })
 
-/** Checks what the schema cannot: job data keyed by jobs of the program, everything storable as JSON. */
-const validate = (input: unknown) =>
+/**
+ * The largest program `createProgram` stores by default: its jobs, programData and jobData as UTF-8 JSON. Every claim
+ * of every step reads the row back, so a program is a handle on data, not the data itself.
+ */
+export const defaultMaxProgramBytes = 1024 * 1024
+
+export interface ProgramExecutorOptions {
+  /** Larger programs (jobs, programData and jobData as UTF-8 JSON) are refused. Default 1 MiB. */
+  readonly maxProgramBytes?: number
+}
+
+const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
+  path.map((key, index) =>
+    typeof key === "number" ? `[${key}]` : typeof key === "string" && index > 0 ? `.${key}` : String(key)
+  ).join("")
+
+/** One line per problem, each with its path: `jobs[1]: a job name cannot start with "-"`. */
+const formatParseError = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => issue.path.length === 0 ? issue.message : `${formatPath(issue.path)}: ${issue.message}`)
+    .join("; ")
+
+/**
+ * Checks what the schema cannot, before anything is written: job data keyed by jobs of the program, every value one
+ * that JSON stores unchanged on every dialect (see `internal/jsonValue`), and the stored size.
+ */
+const validate = (input: unknown, maxProgramBytes: number) =>
   Effect.gen(function*() {
     const decoded = yield* decodeInput(input).pipe(
-      Effect.mapError((error) => invalid(`invalid program: ${ParseResult.TreeFormatter.formatErrorSync(error)}`))
+      Effect.mapError((error) => invalid(`invalid program: ${formatParseError(error)}`))
     )
     const jobData = decoded.jobData ?? {}
     for (const key of Object.keys(jobData)) {
@@ -65,11 +92,20 @@ const validate = (input: unknown) =>
       }
     }
     const programData = decoded.programData ?? {}
-    for (const [what, value] of [["programData", programData], ["jobData", jobData]] as const) {
-      yield* Effect.try({
-        try: () => JSON.stringify(value),
-        catch: (error) => invalid(`invalid program: ${what} cannot be stored as JSON (${String(error)})`)
-      })
+    // The caller's own values, not the decoded copies: a Map or a class instance given as programData is copied into
+    // a plain object by the decoder, and its cycles would be found one level late.
+    const given = input as { readonly programData?: unknown; readonly jobData?: unknown }
+    for (const what of ["programData", "jobData"] as const) {
+      const problem = jsonValue.findProblem(given[what] ?? {}, what)
+      if (problem !== undefined) return yield* invalid(`invalid program: ${problem}`)
+    }
+    const bytes = Buffer.byteLength(JSON.stringify(decoded.jobs)) + Buffer.byteLength(JSON.stringify(programData)) +
+      Buffer.byteLength(JSON.stringify(jobData))
+    if (bytes > maxProgramBytes) {
+      return yield* invalid(
+        `invalid program: it takes ${bytes} bytes as JSON, more than maxProgramBytes (${maxProgramBytes}); store large ` +
+          "data elsewhere and pass a reference"
+      )
     }
     return { jobs: decoded.jobs, programData, jobData }
   })
@@ -94,8 +130,11 @@ const publishRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(S
  */
 export const createPublishTimeout: Duration.Duration = Duration.seconds(2)
 
-const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> = Effect.gen(
-  function*() {
+const makeWith = (
+  options: ProgramExecutorOptions = {}
+): Effect.Effect<ProgramExecutorService, never, ProgramRepository | ProgramQueue> =>
+  Effect.gen(function*() {
+    const maxProgramBytes = options.maxProgramBytes ?? defaultMaxProgramBytes
     const repository = yield* ProgramRepository
     const queue = yield* ProgramQueue
     const events = yield* ProgramEvents
@@ -125,7 +164,7 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
     return {
       createProgram: (input) =>
         Effect.gen(function*() {
-          const valid = yield* validate(input)
+          const valid = yield* validate(input, maxProgramBytes)
           const runId = randomUUID()
           yield* repository.insert({ runId, ...valid })
           yield* Metric.increment(metrics.programsCreated)
@@ -161,8 +200,9 @@ const make: Effect.Effect<ProgramExecutorService, never, ProgramRepository | Pro
           )
         )
     }
-  }
-)
+  })
+
+const make = makeWith()
 
 export class ProgramExecutor extends Context.Tag("@program-executor/core/ProgramExecutor")<
   ProgramExecutor,
@@ -174,6 +214,13 @@ export class ProgramExecutor extends Context.Tag("@program-executor/core/Program
     make
   )
   static readonly make = make
+  /** With options (`maxProgramBytes`). */
+  static readonly layerWith = (
+    options: ProgramExecutorOptions
+  ): Layer.Layer<ProgramExecutor, never, ProgramRepository | ProgramQueue> => Layer.effect(this, makeWith(options))
+  static readonly makeWith = makeWith
+  /** The largest program `createProgram` stores unless `maxProgramBytes` says otherwise: 1 MiB. */
+  static readonly defaultMaxProgramBytes = defaultMaxProgramBytes
   /** The longest `createProgram` waits for its wake-up's publish (one attempt); the sweeper publishes what it misses. */
   static readonly createPublishTimeout = createPublishTimeout
   static readonly createProgram = (input: CreateProgramInput) =>

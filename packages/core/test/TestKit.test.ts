@@ -243,6 +243,6 @@ describe("ProgramExecutorTest", () => {
         leaseDuration: Duration.seconds(10),
         concurrency: 0
       })).pipe(Effect.scoped))
-      expect(String(error)).toMatch(/concurrency must be >= 1.*heartbeatInterval must be shorter than leaseDuration/)
+      expect(String(error)).toMatch(/concurrency must be an integer >= 1.*heartbeatInterval must be shorter than leaseDuration/)
     }))
 })

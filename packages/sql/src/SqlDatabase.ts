@@ -14,6 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import { Url } from "@program-executor/core"
 import Pg from "pg"
 import * as afterCommit from "./internal/afterCommit.js"
 import * as preparedStatements from "./internal/preparedStatements.js"
@@ -42,8 +43,8 @@ export const defaultConnectRetry: Schedule.Schedule<unknown, unknown> = Schedule
   Schedule.upTo("2 minutes")
 )
 
-/** The URL as it may be shown: any password replaced by `***`. */
-export const redactUrl = (url: string): string => url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@]*@/i, "$1***@")
+/** The URL as it may be shown: its password and secret query parameters replaced by `***` (see `Url.redact`). */
+export const redactUrl = (url: string): string => Url.redact(url)
 
 export type Target =
   | { readonly _tag: "pg"; readonly url: Redacted.Redacted }
@@ -57,6 +58,9 @@ export type Target =
   }
   | { readonly _tag: "sqlite"; readonly filename: string }
 
+const unparsable = "it cannot be parsed; a user name or password containing / ? # @ : or % must be percent-encoded " +
+  "(encodeURIComponent)"
+
 /** Which database a URL names; fails with a message that never shows the password. */
 export const parseUrl = (url: string | Redacted.Redacted): Effect.Effect<Target, InvalidDatabaseUrlError> =>
   Effect.suspend((): Effect.Effect<Target, InvalidDatabaseUrlError> => {
@@ -67,13 +71,13 @@ export const parseUrl = (url: string | Redacted.Redacted): Effect.Effect<Target,
     switch (scheme) {
       case "postgres":
       case "postgresql": {
-        if (!URL.canParse(raw)) return invalid("it cannot be parsed")
+        if (Url.parseSafely(raw) === undefined) return invalid(unparsable)
         return Effect.succeed({ _tag: "pg", url: Redacted.make(raw) } as const)
       }
       case "mysql":
       case "mariadb": {
-        if (!URL.canParse(raw)) return invalid("it cannot be parsed")
-        const parsed = new URL(raw)
+        const parsed = Url.parseSafely(raw)
+        if (parsed === undefined) return invalid(unparsable)
         if (parsed.hostname === "") return invalid("it names no host")
         const database = decodeURIComponent(parsed.pathname.replace(/^\//, ""))
         return Effect.succeed({

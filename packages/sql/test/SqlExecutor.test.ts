@@ -70,6 +70,36 @@ describe("SqlDatabase", () => {
       expect(JSON.stringify(built)).not.toContain("hunter2")
     }))
 
+  it.effect("never shows a password: in the URL, after an @ in it, or as ?password=, in errors or retry logs", () =>
+    Effect.gen(function*() {
+      const forms = [
+        ["postgres://u:p@ssw0rd@127.0.0.1:1/db", "ssw0rd"],
+        ["postgres://u@127.0.0.1:1/db?password=hunter2", "hunter2"],
+        ["mysql://root:p@ssw0rd@127.0.0.1:1/test", "ssw0rd"],
+        ["mysql://root@127.0.0.1:1/test?password=hunter2", "hunter2"]
+      ] as const
+      for (const [url, secret] of forms) {
+        expect(SqlDatabase.redactUrl(url)).not.toContain(secret)
+        const lines: Array<string> = []
+        const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message))))
+        const built = yield* Effect.exit(
+          Layer.build(SqlDatabase.layer(url, { connectRetry: Schedule.recurs(1) })).pipe(
+            Effect.scoped,
+            Effect.provide(logger)
+          )
+        )
+        expect(Exit.isFailure(built)).toBe(true)
+        expect(lines.some((line) => line.includes("is not answering yet"))).toBe(true)
+        expect(lines.join("\n")).not.toContain(secret)
+      }
+      // A raw / ? # in a password cuts the URL short: refused, without any piece of it.
+      for (const url of ["postgres://u:12/secret@h/db", "mysql://root:12?secret@h/test"]) {
+        const error = yield* Effect.flip(SqlDatabase.parseUrl(url))
+        expect(error.message).toContain("percent-encoded")
+        expect(error.message).not.toContain("secret")
+      }
+    }))
+
   it.effect("chooses the driver by scheme", () =>
     Effect.gen(function*() {
       expect((yield* SqlDatabase.parseUrl("postgresql://u:p@h:5433/db"))._tag).toBe("pg")

@@ -501,6 +501,60 @@ export const executorConformance = (
           expect(yield* ProgramExecutor.list()).toEqual([])
         })))
 
+    it.scopedLive("values JSON would change, job names like flags and oversized programs are refused by path", () =>
+      run([], () =>
+        Effect.gen(function*() {
+          class Money {
+            amount = 1
+          }
+          const cycle: Record<string, unknown> = {}
+          cycle.self = cycle
+          const cases: ReadonlyArray<readonly [unknown, string]> = [
+            [{ jobs: ["a", "--idempotency-key"] }, `jobs[1]: a job name cannot start with "-"`],
+            [{ jobs: ["a"], programData: { when: new Date(0) } }, "programData.when: a Date is not JSON; store date.toISOString()"],
+            [{ jobs: ["a"], programData: { nested: { gone: undefined } } }, "programData.nested.gone: undefined is not JSON"],
+            [{ jobs: ["a"], programData: { list: [1, undefined] } }, "programData.list[1]: undefined is not JSON"],
+            [{ jobs: ["a"], programData: { f: () => 1 } }, "programData.f: a function is not JSON"],
+            [{ jobs: ["a"], programData: { n: NaN } }, "programData.n: NaN is not JSON"],
+            [{ jobs: ["a"], programData: { n: -Infinity } }, "programData.n: -Infinity is not JSON"],
+            [{ jobs: ["a"], programData: { m: new Map([["k", 1]]) } }, "programData.m: a Map is not JSON"],
+            [{ jobs: ["a"], programData: { price: new Money() } }, "programData.price: a Money instance is not JSON"],
+            [{ jobs: ["a"], jobData: { a: { id: 1n } } }, "jobData.a.id: a BigInt is not JSON; store it as a string"],
+            [{ jobs: ["a"], programData: cycle }, "programData.self: a cycle"],
+            [{ jobs: ["a"], programData: { s: Symbol("s") } }, "programData.s: a symbol is not JSON"],
+            [{ jobs: ["a"], programData: { text: "a\u0000b" } }, "programData.text: a string containing NUL"],
+            [{ jobs: ["a"], programData: { text: "\ud800" } }, "programData.text: a string with an unpaired UTF-16 surrogate"],
+            [
+              { jobs: ["a"], programData: { blob: "x".repeat(ProgramExecutor.defaultMaxProgramBytes) } },
+              `more than maxProgramBytes (${ProgramExecutor.defaultMaxProgramBytes})`
+            ]
+          ]
+          for (const [input, message] of cases) {
+            const error = yield* Effect.flip(ProgramExecutor.createProgram(input as any)).pipe(
+              Effect.orElseFail(() => new Error(`accepted: ${message}`))
+            )
+            expect(error).toBeInstanceOf(InvalidProgramError)
+            expect(error.message).toContain(message)
+          }
+          const small = yield* ProgramExecutor.makeWith({ maxProgramBytes: 100 })
+          const tooLarge = yield* Effect.flip(small.createProgram({ jobs: ["a"], programData: { blob: "x".repeat(100) } }))
+          expect(tooLarge.message).toContain("more than maxProgramBytes (100)")
+          expect(yield* ProgramExecutor.list()).toEqual([])
+          // What passes comes back exactly as it went in, on every dialect.
+          const programData = {
+            text: "naïve 😀 \\ \"quoted\" \n",
+            numbers: [0, -1.5, 1e21, Number.MAX_SAFE_INTEGER],
+            nested: { empty: {}, list: [], nothing: null, yes: true },
+            "key with spaces": "ok"
+          }
+          const runId = yield* small.createProgram({ jobs: ["a"] }).pipe(
+            Effect.zipRight(ProgramExecutor.createProgram({ jobs: ["a", "b"], programData, jobData: { b: { step: 1 } } }))
+          )
+          const stored = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+          expect(stored.programData).toEqual(programData)
+          expect(stored.jobData).toEqual({ b: { step: 1 } })
+        })))
+
     it.scopedLive("shutdown lets a running job finish within the grace period and records it", () =>
       Effect.gen(function*() {
         const started = yield* Deferred.make<void>()
