@@ -549,9 +549,10 @@ export const programRepositoryConformance = (
         // First returned once it has waited at least 600 ms.
         yield* eventually(mine("600 millis"), (found) => found)
         const firstAt = Date.now()
-        // With a 200 ms idle period it would come back after 200 ms; backing off, only after 600 ms more.
+        // With a 200 ms idle period it would come back after 200 ms; backing off, only after 600 ms more (less the
+        // time between the database's mark and `firstAt`, which a loaded machine stretches).
         yield* eventually(mine("200 millis"), (found) => found)
-        expect(Date.now() - firstAt).toBeGreaterThanOrEqual(550)
+        expect(Date.now() - firstAt).toBeGreaterThanOrEqual(400)
       }))
 
     test("findStale leaves alone a step due after the queue's head minus idleFor: it is still queued behind that head", () =>
