@@ -7,8 +7,12 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
 import { type Lease, Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
 import { createHash, randomUUID } from "node:crypto"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { inTransaction } from "./afterCommit.js"
@@ -605,7 +609,7 @@ export const makeStatements = (
     }
   }
 
-  const migrate = makeMigration(client, dialect, tableName)
+  const migrate = migrateOnce(client, tableName, makeMigration(client, dialect, tableName))
 
   const retrying = <Args extends ReadonlyArray<any>, A>(
     f: (...args: Args) => Effect.Effect<A, SqlError>
@@ -677,6 +681,40 @@ const addMissingColumns = (sql: SqlClient.SqlClient, dialect: Dialect, tableName
       yield* sql`ALTER TABLE ${sql(tableName)} ADD COLUMN ${sql(column.name)} ${sql.literal(column.type[dialect])}`
         .withoutTransform
     }
+  })
+
+/**
+ * The tables each client has migrated (or is migrating) in this process. The repository's and the queue's layers
+ * both need the table: the first to ask runs the migration, the others wait for its outcome. A failed or interrupted
+ * one is forgotten, so the next layer to ask runs it again.
+ */
+const migrations = new WeakMap<SqlClient.SqlClient, Map<string, Deferred.Deferred<void, RepositoryError>>>()
+
+const migrateOnce = (
+  client: SqlClient.SqlClient,
+  tableName: string,
+  migrate: Effect.Effect<void, RepositoryError>
+): Effect.Effect<void, RepositoryError> =>
+  Effect.suspend(() => {
+    let tables = migrations.get(client)
+    if (tables === undefined) {
+      tables = new Map()
+      migrations.set(client, tables)
+    }
+    const known = tables.get(tableName)
+    if (known !== undefined) {
+      return Effect.catchAllCause(
+        Deferred.await(known),
+        (cause) => Cause.isInterruptedOnly(cause) ? migrateOnce(client, tableName, migrate) : Effect.failCause(cause)
+      )
+    }
+    const done = Deferred.unsafeMake<void, RepositoryError>(FiberId.none)
+    const started = tables
+    started.set(tableName, done)
+    return Effect.onExit(migrate, (exit) => {
+      if (Exit.isFailure(exit)) started.delete(tableName)
+      return Deferred.done(done, exit)
+    })
   })
 
 /**
