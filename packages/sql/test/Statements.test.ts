@@ -4,8 +4,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
-import type { Dialect } from "../src/internal/programsTable.js"
+import { Duration, Effect, Layer } from "effect"
+import { type Dialect, makeStatements } from "../src/internal/programsTable.js"
 import { SqlProgramQueue, SqlProgramRepository } from "../src/index.js"
 import * as RecordingClient from "./support/recordingClient.js"
 
@@ -66,4 +66,56 @@ describe("the migration", () => {
         expect(created.some((sql) => sql.includes("jobs_b"))).toBe(true)
       }))
   }
+})
+
+/** Every operation of the table, once, with the recording client. */
+const everyStatement = (dialect: Dialect) =>
+  Effect.gen(function*() {
+    const recording = yield* RecordingClient.make(dialect, answer)
+    const table = makeStatements(recording.client, dialect, "programs", recording.prepared)
+    const lease = { runId: "run", step: 0, token: "token" }
+    yield* table.migrate
+    yield* table.insert({ runId: "run", jobs: ["a"], programData: {}, jobData: {} })
+    yield* table.get("run")
+    yield* table.list({ status: "in_progress", stepRetryCountGte: 1 })
+    yield* table.claim({ runId: "run", step: 0 }, "worker", Duration.seconds(30))
+    yield* table.claimNext("worker", Duration.seconds(30), 4)
+    yield* table.extendLease(lease, Duration.seconds(30))
+    yield* table.writeJobData(lease, "a", { done: true })
+    yield* table.advance(lease, false)
+    yield* table.advance(lease, true)
+    yield* table.scheduleRetry(lease, "failed", Duration.seconds(1), true)
+    yield* table.fail(lease, "failed")
+    yield* table.release(lease)
+    yield* table.releaseAll([lease])
+    yield* table.recoverExpired(10)
+    yield* table.cancel("run", "no longer needed")
+    yield* table.resume("run")
+    yield* table.findStale(Duration.seconds(5), 10, new Date())
+    return recording.recorded.map((statement) => statement.sql)
+  })
+
+describe("the mysql dialect", () => {
+  // MariaDB has both; MySQL 8 has neither.
+  const returning = /\bRETURNING\b/i
+  const indexIfNotExists = /CREATE\s+(UNIQUE\s+)?INDEX\s+IF\s+NOT\s+EXISTS/i
+
+  it.effect("sends no RETURNING and no CREATE INDEX IF NOT EXISTS", () =>
+    Effect.gen(function*() {
+      const statements = yield* everyStatement("mysql")
+      expect(statements.filter((sql) => returning.test(sql))).toEqual([])
+      expect(statements.filter((sql) => indexIfNotExists.test(sql))).toEqual([])
+      // It does create its indexes, once each looked up in the catalog.
+      expect(statements.filter((sql) => /^CREATE (UNIQUE )?INDEX /.test(sql))).toHaveLength(4)
+      expect(statements.filter((sql) => sql.includes("information_schema.statistics"))).toHaveLength(4)
+    }))
+
+  it.effect("the other dialects do use both (the check above can see them)", () =>
+    Effect.gen(function*() {
+      for (const dialect of ["pg", "sqlite"] as const) {
+        const statements = yield* everyStatement(dialect)
+        expect(statements.some((sql) => returning.test(sql))).toBe(true)
+        expect(statements.some((sql) => indexIfNotExists.test(sql))).toBe(true)
+      }
+    }))
 })

@@ -3,7 +3,7 @@
  * table: the queue's messages are its due, unleased rows.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
 import { type Lease, Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
 import { createHash, randomUUID } from "node:crypto"
@@ -58,6 +58,9 @@ const isTransientLock = (error: SqlError) => {
   const errno = (error.cause as { errno?: unknown } | undefined)?.errno
   return errno === 1213 || errno === 1205
 }
+
+/** ER_DUP_KEYNAME: the index exists already (another worker created it first). */
+const isDuplicateKeyName = (error: SqlError) => (error.cause as { errno?: unknown } | undefined)?.errno === 1061
 
 /** What MySQL's `raw` result says an UPDATE changed. */
 const affectedRows = (result: unknown) => (result as { affectedRows?: number }).affectedRows ?? 0
@@ -289,7 +292,10 @@ export const makeStatements = (
   const lostRun = lit("step_lost_count = step_lost_count + CASE WHEN locked_by IS NULL THEN 0 ELSE 1 END")
   const takeLease = (lease: { readonly owner: unknown; readonly until: Statement.Fragment; readonly token: unknown }) =>
     sql`${lostRun}, locked_by = ${lease.owner}, locked_until = ${lease.until}, lease_token = ${lease.token}, updated_at = ${now}`
-  /** MySQL has no UPDATE … RETURNING: there a write reports affected rows and the row is read after it. */
+  /**
+   * MySQL has no UPDATE or INSERT … RETURNING (MariaDB has INSERT … RETURNING, MySQL 8 does not): there a write reports
+   * affected rows and the row is read after it.
+   */
   const returning = (what: Statement.Fragment) => dialect === "mysql" ? lit("") : sql` RETURNING ${what}`
 
   /** A guarded write: true when it changed the row. */
@@ -345,22 +351,32 @@ export const makeStatements = (
       const json = (value: unknown) => dialect === "pg" ? sql`${value}::jsonb` : sql`${value}`
       return sql`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES (${p.runId}, ${
         json(p.programData)
-      }, ${json(p.jobs)}, ${json(p.jobData)}, 0, 0, ${now}, ${now}, ${now}) RETURNING ${columns}`
+      }, ${json(p.jobs)}, ${json(p.jobData)}, 0, 0, ${now}, ${now}, ${now})${returning(columns)}`
     }
   )
-  const insert = (program: Program.NewProgram) => {
+  const insert = (program: Program.NewProgram): Effect.Effect<ProgramRecord, SqlError> => {
     const params = insertStatement.bind({
       runId: program.runId,
       programData: JSON.stringify(program.programData ?? null),
       jobs: JSON.stringify(program.jobs),
       jobData: JSON.stringify(program.jobData ?? null)
     })
-    // MariaDB has INSERT … RETURNING, but its rows come back only through the client. Inside the application's
-    // transaction (`createProgram` in its `sql.withTransaction`) the insert must join it, and only the client runs a
-    // statement on the transaction's connection: the prepared path would take another pool connection on PostgreSQL
-    // (the program outlived a rollback) and wait for the transaction's own lock on SQLite (a deadlock).
+    // MySQL: the insert, then a read of the row, in the caller's transaction if there is one.
+    if (dialect === "mysql") {
+      return Effect.zipRight(
+        sql.unsafe(insertStatement.text, params).raw,
+        Effect.flatMap(selectOne(program.runId), (row) =>
+          row === undefined
+            ? Effect.fail(new SqlError({ message: "the inserted program could not be read back" }))
+            : Effect.succeed(row))
+      )
+    }
+    // Inside the application's transaction (`createProgram` in its `sql.withTransaction`) the insert must join it, and
+    // only the client runs a statement on the transaction's connection: the prepared path would take another pool
+    // connection on PostgreSQL (the program outlived a rollback) and wait for the transaction's own lock on SQLite (a
+    // deadlock).
     const rows = Effect.flatMap(inTransaction, (open) =>
-      dialect === "mysql" || open
+      open
         ? sql.unsafe(insertStatement.text, params).withoutTransform
         : prepared.run(insertStatement.text, params))
     return Effect.map(rows, (rows) => decodeRow(rows[0] as Row))
@@ -725,8 +741,22 @@ const migrateOnce = (
 const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
   const t = sql(tableName)
   const ix = (suffix: string) => sql(indexName(tableName, suffix))
-  const statements: Array<Statement.Statement<unknown>> = dialect === "pg"
-    ? [
+  /**
+   * MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): the index is looked up in the catalog and created when
+   * missing. A worker starting at the same moment may create it first: its duplicate key name (1061) is success.
+   */
+  const mysqlIndex = (suffix: string, create: (name: Statement.Identifier) => Statement.Statement<unknown>) =>
+    Effect.gen(function*() {
+      const name = indexName(tableName, suffix)
+      const found = yield* sql`SELECT 1 AS found FROM information_schema.statistics
+          WHERE table_schema = DATABASE() AND table_name = ${tableName} AND index_name = ${name} LIMIT 1`.withoutTransform
+      if (found.length > 0) return
+      yield* create(sql(name)).withoutTransform.pipe(Effect.catchIf(isDuplicateKeyName, () => Effect.void))
+    })
+  const plain = (statements: ReadonlyArray<Statement.Statement<unknown>>) =>
+    statements.map((statement) => statement.withoutTransform)
+  const statements: Array<Effect.Effect<unknown, SqlError>> = dialect === "pg"
+    ? plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
   id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
   run_id text NOT NULL,
@@ -753,7 +783,7 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
       // Recovery of expired leases.
       sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
-    ]
+    ])
     : dialect === "mysql"
     ? [
       sql`CREATE TABLE IF NOT EXISTS ${t} (
@@ -774,14 +804,14 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   lease_token VARCHAR(64) NULL,
   step_lost_count INT NOT NULL DEFAULT 0,
   next_run_at DATETIME(3) NOT NULL
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
-      sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`.withoutTransform,
+      mysqlIndex("run_id_key", (name) => sql`CREATE UNIQUE INDEX ${name} ON ${t} (run_id)`),
       // No partial indexes: IS NULL is an equality lookup, so the unfinished rows are still a contiguous range.
-      sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (finished_at, errored_at, next_run_at)`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (finished_at, errored_at, id)`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (finished_at, errored_at, locked_until)`
+      mysqlIndex("due_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, next_run_at)`),
+      mysqlIndex("active_id_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, id)`),
+      mysqlIndex("leased_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, locked_until)`)
     ]
-    : [
+    : plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   run_id TEXT NOT NULL,
@@ -806,10 +836,10 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
-    ]
+    ])
   const all = Effect.zipRight(
     addMissingColumns(sql, dialect, tableName),
-    Effect.forEach(statements, (statement) => statement.withoutTransform, { discard: true })
+    Effect.forEach(statements, (statement) => statement, { discard: true })
   )
   const run = dialect === "pg"
     ? sql.withTransaction(
