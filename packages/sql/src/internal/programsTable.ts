@@ -433,14 +433,14 @@ export const makeStatements = (
   // The rows of one claim share its token: a token fences the claims of one row, so it only has to differ from that
   // row's earlier ones. PostgreSQL skips rows other workers are claiming; SQLite has one writer at a time, so the
   // subquery and the update are one atomic statement. (MySQL takes no LIMIT in an IN subquery: see `claimNext`.)
-  const claimNextStatement = compileOnce(
+  const claimNextStatement = dialect === "mysql" ? undefined : compileOnce(
     ["owner", "leaseFor", "token", "limit"],
     (p) =>
       sql`UPDATE ${table} SET ${
         takeLease({ owner: p.owner, until: plus(p.leaseFor), token: p.token })
       } WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${p.limit}${
         lit(dialect === "pg" ? " FOR UPDATE SKIP LOCKED" : "")
-      })${returning(columns)}`
+      }) RETURNING ${columns}`
   )
 
   /** Claims up to `limit` due rows, oldest first, skipping rows other workers are claiming right now. */
@@ -450,7 +450,7 @@ export const makeStatements = (
     limit: number
   ): Effect.Effect<ReadonlyArray<ProgramRecord>, SqlError> => {
     const n = Math.max(1, Math.trunc(limit))
-    if (dialect !== "mysql") {
+    if (claimNextStatement !== undefined) {
       const params = claimNextStatement.bind({ owner, leaseFor: interval(leaseFor), token: randomUUID(), limit: n })
       return Effect.map(prepared.run(claimNextStatement.text, params), (rows) => rows.map((row) => decodeRow(row as Row)))
     }
