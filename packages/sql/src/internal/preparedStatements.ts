@@ -1,6 +1,7 @@
 /**
- * The executor's few hot statements (claim, advance) run by their SQL text, prepared once per connection, beside the
- * `SqlClient` and on the same database. Through @effect/sql each statement pays for a span, a scope, a compile and a
+ * The executor's few hot statements (claim, claim-next, advance, insert) run by their SQL text, prepared once per
+ * connection, beside the `SqlClient` and on the same database. The text is compiled once from the same fragments as
+ * every other statement (`compileOnce` in `programsTable.ts`), so there is one definition of each. Through @effect/sql each statement pays for a span, a scope, a compile and a
  * cache lookup by hashing its text: about 25 µs, as much as SQLite needs to run it (BENCHMARKS.md). PostgreSQL gets
  * named (prepared) statements, which @effect/sql-pg does not send: the server plans each once per connection.
  *

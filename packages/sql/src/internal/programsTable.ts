@@ -3,12 +3,16 @@
  * table: the queue's messages are its due, unleased rows.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
 import { type Lease, Program, type ProgramRecord, RepositoryError, type WakeUp } from "@program-executor/core"
 import { createHash, randomUUID } from "node:crypto"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import { inTransaction } from "./afterCommit.js"
@@ -54,6 +58,9 @@ const isTransientLock = (error: SqlError) => {
   const errno = (error.cause as { errno?: unknown } | undefined)?.errno
   return errno === 1213 || errno === 1205
 }
+
+/** ER_DUP_KEYNAME: the index exists already (another worker created it first). */
+const isDuplicateKeyName = (error: SqlError) => (error.cause as { errno?: unknown } | undefined)?.errno === 1061
 
 /** What MySQL's `raw` result says an UPDATE changed. */
 const affectedRows = (result: unknown) => (result as { affectedRows?: number }).affectedRows ?? 0
@@ -180,6 +187,35 @@ export const decodeRowWith = (row: Row, parsed: JsonColumns): ProgramRecord => {
 
 // ---------------------------------------------------------------------------------------------------------------------
 
+/** Stands for a parameter of a statement compiled once: `bind` puts each call's value in its place. */
+class Slot<Name extends string> {
+  constructor(readonly name: Name) {}
+}
+
+/** A statement compiled once: the text that runs, and its parameters for one call, in placeholder order. */
+export interface Compiled<Name extends string> {
+  readonly text: string
+  readonly bind: (values: Readonly<Record<Name, unknown>>) => Array<unknown>
+}
+
+/**
+ * Compiles a statement written with the client's own fragments (`holds`, `leaseFree`, `plus`, …) once, its
+ * parameters left as named slots. The hot statements are defined this way: one definition, which runs prepared
+ * (PostgreSQL, SQLite) or through the client (MySQL, a transaction, a client built elsewhere) as the same text.
+ */
+export const compileOnce = <Name extends string>(
+  names: ReadonlyArray<Name>,
+  build: (slots: { readonly [K in Name]: Slot<K> }) => Statement.Statement<unknown>
+): Compiled<Name> => {
+  const slots = Object.fromEntries(names.map((name) => [name, new Slot(name)])) as { readonly [K in Name]: Slot<K> }
+  const [text, binds] = build(slots).compile(true)
+  const order = binds.map((bind) => {
+    if (bind instanceof Slot) return bind.name as Name
+    throw new Error(`a statement compiled once binds only its slots, not ${String(bind)}: ${text}`)
+  })
+  return { text, bind: (values) => order.map((name) => values[name]) }
+}
+
 export type ProgramsTable = ReturnType<typeof makeStatements>
 
 export const dialectOf = (sql: SqlClient.SqlClient): Effect.Effect<Dialect, RepositoryError> =>
@@ -217,35 +253,52 @@ export const makeStatements = (
     : dialect === "mysql"
     ? lit("UTC_TIMESTAMP(3)")
     : lit("strftime('%Y-%m-%d %H:%M:%f', 'now')")
-  const plus = (duration: Duration.Duration): Statement.Fragment => {
+  /** A duration as `plus` binds it: seconds (PostgreSQL), microseconds (MySQL), a modifier (SQLite). */
+  const interval = (duration: Duration.Duration): number | string => {
     const millis = Math.max(0, Math.round(Duration.toMillis(duration)))
-    return dialect === "pg"
-      ? sql`(now() + make_interval(secs => ${millis / 1000}::double precision))`
-      : dialect === "mysql"
-      ? sql`DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${millis * 1000} MICROSECOND)`
-      : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${`+${millis / 1000} seconds`})`
+    return dialect === "pg" ? millis / 1000 : dialect === "mysql" ? millis * 1000 : `+${millis / 1000} seconds`
   }
+  /** The database clock plus a bound `interval`. */
+  const plus = (bound: unknown): Statement.Fragment =>
+    dialect === "pg"
+      ? sql`(now() + make_interval(secs => ${bound}::double precision))`
+      : dialect === "mysql"
+      ? sql`DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${bound} MICROSECOND)`
+      : sql`strftime('%Y-%m-%d %H:%M:%f', 'now', ${bound})`
+  const after = (duration: Duration.Duration) => plus(interval(duration))
   /** A timestamp read from the database, bound back in the column's own format. */
   const timestampParam = (date: Date): Statement.Fragment =>
     dialect === "pg"
       ? sql`${date.toISOString()}::timestamptz`
       : sql`${date.toISOString().replace("T", " ").replace("Z", "")}`
   /** Neither finished nor errored, written as the partial indexes' predicate, so the queue's scans can use them. */
-  const inProgressText = "finished_at IS NULL AND errored_at IS NULL"
+  const inProgress = lit("finished_at IS NULL AND errored_at IS NULL")
   /**
    * The same condition for a statement that names its row by `run_id`, written so that the planner cannot match it
    * to a partial index: such a statement must take the `run_id` index whatever the statistics say. (On a PostgreSQL
    * table not yet analyzed, the advance took a partial index and read every unfinished row, for every step.)
    */
-  const rowInProgressText = "COALESCE(finished_at, errored_at) IS NULL"
-  const inProgress = lit(inProgressText)
-  const rowInProgress = lit(rowInProgressText)
+  const rowInProgress = lit("COALESCE(finished_at, errored_at) IS NULL")
   const leaseFree = sql`(locked_until IS NULL OR locked_until <= ${now})`
-  const holds = (lease: Lease) =>
+  const due = sql`${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
+  /** The lease is still this run's: its step, its fencing token, not expired, the program in progress. */
+  const holds = (lease: { readonly runId: unknown; readonly step: unknown; readonly token: unknown }) =>
     sql`run_id = ${lease.runId} AND step = ${lease.step} AND lease_token = ${lease.token} AND locked_until > ${now} AND ${rowInProgress}`
   const released = lit("locked_by = NULL, locked_until = NULL")
+  /**
+   * A new lease with a fresh fencing token. A `locked_by` still set is a run that never recorded an outcome (its lease
+   * expired): counted before `locked_by` is overwritten (MySQL applies SET assignments left to right).
+   */
+  const lostRun = lit("step_lost_count = step_lost_count + CASE WHEN locked_by IS NULL THEN 0 ELSE 1 END")
+  const takeLease = (lease: { readonly owner: unknown; readonly until: Statement.Fragment; readonly token: unknown }) =>
+    sql`${lostRun}, locked_by = ${lease.owner}, locked_until = ${lease.until}, lease_token = ${lease.token}, updated_at = ${now}`
+  /**
+   * MySQL has no UPDATE or INSERT … RETURNING (MariaDB has INSERT … RETURNING, MySQL 8 does not): there a write reports
+   * affected rows and the row is read after it.
+   */
+  const returning = (what: Statement.Fragment) => dialect === "mysql" ? lit("") : sql` RETURNING ${what}`
 
-  /** A guarded write: true when it changed the row. MySQL has no UPDATE … RETURNING: it reports affected rows. */
+  /** A guarded write: true when it changed the row. */
   const update = (set: Statement.Fragment, where: Statement.Fragment): Effect.Effect<boolean, SqlError> =>
     dialect === "mysql"
       ? Effect.map(sql`UPDATE ${table} SET ${set} WHERE ${where}`.raw, (result) => affectedRows(result) > 0)
@@ -289,101 +342,106 @@ export const makeStatements = (
   }
 
   // -------------------------------------------------------------------------------------------------------------------
-  // The hot statements: texts fixed here, parameters bound per call, run prepared (see `PreparedStatements`).
+  // The hot statements: written above like every other, compiled once here, their parameters bound per call, and run
+  // prepared where `SqlDatabase` owns the connection (see `PreparedStatements`), through the client elsewhere.
 
-  const placeholder = dialect === "pg" ? (n: number) => `$${n}` : () => "?"
-  // A validated identifier (see `validateTableName`): quoting is all it needs.
-  const quotedTable = dialect === "mysql" ? `\`${tableName}\`` : `"${tableName}"`
-  const nowText = dialect === "pg" ? "now()" : dialect === "mysql" ? "UTC_TIMESTAMP(3)" : "strftime('%Y-%m-%d %H:%M:%f', 'now')"
-  /** The database clock plus the duration bound at placeholder `n`, and that parameter's value (as `plus`). */
-  const plusText = (n: number) =>
-    dialect === "pg"
-      ? `(now() + make_interval(secs => ${placeholder(n)}::double precision))`
-      : dialect === "mysql"
-      ? `DATE_ADD(UTC_TIMESTAMP(3), INTERVAL ${placeholder(n)} MICROSECOND)`
-      : `strftime('%Y-%m-%d %H:%M:%f', 'now', ${placeholder(n)})`
-  const plusParam = (duration: Duration.Duration) => {
-    const millis = Math.max(0, Math.round(Duration.toMillis(duration)))
-    return dialect === "pg" ? millis / 1000 : dialect === "mysql" ? millis * 1000 : `+${millis / 1000} seconds`
-  }
-  const leaseFreeText = `(locked_until IS NULL OR locked_until <= ${nowText})`
-  const dueText = `${inProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
-  const columnsText = "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, " +
-    "error_message, created_at, updated_at, locked_by, locked_until, lease_token, step_lost_count, next_run_at"
-  // Parameters: owner, lease duration, fencing token. A `locked_by` still set is a run that never recorded an outcome
-  // (its lease expired): counted before `locked_by` is overwritten (MySQL applies SET assignments left to right).
-  const lostRunText = "step_lost_count = step_lost_count + CASE WHEN locked_by IS NULL THEN 0 ELSE 1 END"
-  const takeLeaseText = `${lostRunText}, locked_by = ${placeholder(1)}, locked_until = ${plusText(2)}, lease_token = ${
-    placeholder(3)
-  }, updated_at = ${nowText}`
-
-  // Parameters: run id, program data, jobs, job data (JSON texts).
-  const jsonParam = (n: number) => dialect === "pg" ? `${placeholder(n)}::jsonb` : placeholder(n)
-  const insertText = `INSERT INTO ${quotedTable} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES (${
-    placeholder(1)
-  }, ${jsonParam(2)}, ${jsonParam(3)}, ${jsonParam(4)}, 0, 0, ${nowText}, ${nowText}, ${nowText}) RETURNING ${columnsText}`
-  const insert = (program: Program.NewProgram) => {
-    const params = [
-      program.runId,
-      JSON.stringify(program.programData ?? null),
-      JSON.stringify(program.jobs),
-      JSON.stringify(program.jobData ?? null)
-    ]
-    // MariaDB has INSERT … RETURNING, but its rows come back only through the client. Inside the application's
-    // transaction (`createProgram` in its `sql.withTransaction`) the insert must join it, and only the client runs a
-    // statement on the transaction's connection: the prepared path would take another pool connection on PostgreSQL
-    // (the program outlived a rollback) and wait for the transaction's own lock on SQLite (a deadlock).
+  const insertStatement = compileOnce(
+    ["runId", "programData", "jobs", "jobData"],
+    (p) => {
+      const json = (value: unknown) => dialect === "pg" ? sql`${value}::jsonb` : sql`${value}`
+      return sql`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at) VALUES (${p.runId}, ${
+        json(p.programData)
+      }, ${json(p.jobs)}, ${json(p.jobData)}, 0, 0, ${now}, ${now}, ${now})${returning(columns)}`
+    }
+  )
+  const insert = (program: Program.NewProgram): Effect.Effect<ProgramRecord, SqlError> => {
+    const params = insertStatement.bind({
+      runId: program.runId,
+      programData: JSON.stringify(program.programData ?? null),
+      jobs: JSON.stringify(program.jobs),
+      jobData: JSON.stringify(program.jobData ?? null)
+    })
+    // MySQL: the insert, then a read of the row, in the caller's transaction if there is one.
+    if (dialect === "mysql") {
+      return Effect.zipRight(
+        sql.unsafe(insertStatement.text, params).raw,
+        Effect.flatMap(selectOne(program.runId), (row) =>
+          row === undefined
+            ? Effect.fail(new SqlError({ message: "the inserted program could not be read back" }))
+            : Effect.succeed(row))
+      )
+    }
+    // Inside the application's transaction (`createProgram` in its `sql.withTransaction`) the insert must join it, and
+    // only the client runs a statement on the transaction's connection: the prepared path would take another pool
+    // connection on PostgreSQL (the program outlived a rollback) and wait for the transaction's own lock on SQLite (a
+    // deadlock).
     const rows = Effect.flatMap(inTransaction, (open) =>
-      dialect === "mysql" || open ? sql.unsafe(insertText, params).withoutTransform : prepared.run(insertText, params))
+      open
+        ? sql.unsafe(insertStatement.text, params).withoutTransform
+        : prepared.run(insertStatement.text, params))
     return Effect.map(rows, (rows) => decodeRow(rows[0] as Row))
   }
 
-  // Parameters: owner, lease duration, token, run id, step.
-  const claimText = `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE run_id = ${placeholder(4)} AND step = ${
-    placeholder(5)
-  } AND ${rowInProgressText} AND next_run_at <= ${nowText} AND ${leaseFreeText}`
+  const claimStatement = compileOnce(
+    ["owner", "leaseFor", "token", "runId", "step"],
+    (p) =>
+      sql`UPDATE ${table} SET ${
+        takeLease({ owner: p.owner, until: plus(p.leaseFor), token: p.token })
+      } WHERE run_id = ${p.runId} AND step = ${p.step} AND ${rowInProgress} AND next_run_at <= ${now} AND ${leaseFree}${
+        returning(columns)
+      }`
+  )
   const claim = (target: WakeUp, owner: string, leaseFor: Duration.Duration) => {
-    const params = [owner, plusParam(leaseFor), randomUUID(), target.runId, target.step]
+    const params = claimStatement.bind({
+      owner,
+      leaseFor: interval(leaseFor),
+      token: randomUUID(),
+      runId: target.runId,
+      step: target.step
+    })
     return dialect === "mysql"
-      ? Effect.flatMap(sql.unsafe(claimText, params).raw, (result) =>
+      ? Effect.flatMap(sql.unsafe(claimStatement.text, params).raw, (result) =>
         affectedRows(result) > 0 ? selectOne(target.runId) : Effect.succeed(undefined))
       : Effect.map(
-        prepared.run(`${claimText} RETURNING ${columnsText}`, params),
+        prepared.run(claimStatement.text, params),
         (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row)
       )
   }
 
-  // Parameters: run id, step, token.
-  const holdsText = `run_id = ${placeholder(1)} AND step = ${placeholder(2)} AND lease_token = ${
-    placeholder(3)
-  } AND locked_until > ${nowText} AND ${rowInProgressText}`
-  const releasedText = "locked_by = NULL, locked_until = NULL"
-  const advanceTexts = {
-    next: `UPDATE ${quotedTable} SET ${releasedText}, step = step + 1, step_retry_count = 0, step_lost_count = 0, next_run_at = ${nowText}, updated_at = ${nowText} WHERE ${holdsText}`,
-    finished: `UPDATE ${quotedTable} SET ${releasedText}, finished_at = ${nowText}, step_retry_count = 0, step_lost_count = 0, updated_at = ${nowText} WHERE ${holdsText}`
-  }
+  const advanceStatement = (finished: boolean) =>
+    compileOnce(
+      ["runId", "step", "token"],
+      (p) =>
+        finished
+          ? sql`UPDATE ${table} SET ${released}, finished_at = ${now}, step_retry_count = 0, step_lost_count = 0, updated_at = ${now} WHERE ${
+            holds(p)
+          }${returning(lit("id"))}`
+          : sql`UPDATE ${table} SET ${released}, step = step + 1, step_retry_count = 0, step_lost_count = 0, next_run_at = ${now}, updated_at = ${now} WHERE ${
+            holds(p)
+          }${returning(lit("id"))}`
+    )
+  const advanceStatements = { next: advanceStatement(false), finished: advanceStatement(true) }
   /** Moves the program on, guarded by the lease; true when it did. */
   const advance = (lease: Lease, finished: boolean): Effect.Effect<boolean, SqlError> => {
-    const text = finished ? advanceTexts.finished : advanceTexts.next
-    const params = [lease.runId, lease.step, lease.token]
+    const statement = finished ? advanceStatements.finished : advanceStatements.next
+    const params = statement.bind({ runId: lease.runId, step: lease.step, token: lease.token })
     return dialect === "mysql"
-      ? Effect.map(sql.unsafe(text, params).raw, (result) => affectedRows(result) > 0)
-      : Effect.map(prepared.run(`${text} RETURNING id`, params), (rows) => rows.length > 0)
+      ? Effect.map(sql.unsafe(statement.text, params).raw, (result) => affectedRows(result) > 0)
+      : Effect.map(prepared.run(statement.text, params), (rows) => rows.length > 0)
   }
 
-  // Parameters: owner, lease duration, token, limit. The rows of one claim share its token: a token fences the
-  // claims of one row, so it only has to differ from that row's earlier ones.
-  const claimNextTexts = {
-    pg: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
-      placeholder(4)
-    } FOR UPDATE SKIP LOCKED) RETURNING ${columnsText}`,
-    // One writer at a time: the subquery and the update are one atomic statement.
-    sqlite: `UPDATE ${quotedTable} SET ${takeLeaseText} WHERE id IN (SELECT id FROM ${quotedTable} WHERE ${dueText} ORDER BY next_run_at LIMIT ${
-      placeholder(4)
-    }) RETURNING ${columnsText}`
-  }
-
-  const due = sql`${inProgress} AND next_run_at <= ${now} AND ${leaseFree}`
+  // The rows of one claim share its token: a token fences the claims of one row, so it only has to differ from that
+  // row's earlier ones. PostgreSQL skips rows other workers are claiming; SQLite has one writer at a time, so the
+  // subquery and the update are one atomic statement. (MySQL takes no LIMIT in an IN subquery: see `claimNext`.)
+  const claimNextStatement = dialect === "mysql" ? undefined : compileOnce(
+    ["owner", "leaseFor", "token", "limit"],
+    (p) =>
+      sql`UPDATE ${table} SET ${
+        takeLease({ owner: p.owner, until: plus(p.leaseFor), token: p.token })
+      } WHERE id IN (SELECT id FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${p.limit}${
+        lit(dialect === "pg" ? " FOR UPDATE SKIP LOCKED" : "")
+      }) RETURNING ${columns}`
+  )
 
   /** Claims up to `limit` due rows, oldest first, skipping rows other workers are claiming right now. */
   const claimNext = (
@@ -392,44 +450,39 @@ export const makeStatements = (
     limit: number
   ): Effect.Effect<ReadonlyArray<ProgramRecord>, SqlError> => {
     const n = Math.max(1, Math.trunc(limit))
-    switch (dialect) {
-      case "pg":
-      case "sqlite":
-        return Effect.map(
-          prepared.run(claimNextTexts[dialect], [owner, plusParam(leaseFor), randomUUID(), n]),
-          (rows) => rows.map((row) => decodeRow(row as Row))
-        )
-      case "mysql":
-        // No UPDATE … RETURNING: lock the rows (skipping locked ones), lease them, and return them as leased.
-        return sql.withTransaction(Effect.gen(function*() {
-          const rows = yield* sql<
-            Row & { readonly db_until: unknown }
-          >`SELECT ${columns}, ${plus(leaseFor)} AS db_until FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${
-            lit(String(n))
-          } FOR UPDATE SKIP LOCKED`
-            .withoutTransform
-          if (rows.length === 0) return []
-          const until = rows[0]!.db_until
-          const token = randomUUID()
-          yield* sql`UPDATE ${table} SET ${lit(lostRunText)}, locked_by = ${owner}, locked_until = ${until}, lease_token = ${token}, updated_at = UTC_TIMESTAMP(3) WHERE ${
-            sql.in("id", rows.map((row) => row.id))
-          }`.raw
-          return rows.map((row) => {
-            const before = decodeRow(row)
-            return {
-              ...before,
-              stepLostCount: before.stepLostCount + (before.lockedBy === null ? 0 : 1),
-              lockedBy: owner,
-              lockedUntil: toDate(until),
-              leaseToken: token
-            }
-          })
-        }))
+    if (claimNextStatement !== undefined) {
+      const params = claimNextStatement.bind({ owner, leaseFor: interval(leaseFor), token: randomUUID(), limit: n })
+      return Effect.map(prepared.run(claimNextStatement.text, params), (rows) => rows.map((row) => decodeRow(row as Row)))
     }
+    // Lock the rows (skipping locked ones), lease them, and return them as leased.
+    return sql.withTransaction(Effect.gen(function*() {
+      const rows = yield* sql<
+        Row & { readonly db_until: unknown }
+      >`SELECT ${columns}, ${after(leaseFor)} AS db_until FROM ${table} WHERE ${due} ORDER BY next_run_at LIMIT ${
+        lit(String(n))
+      } FOR UPDATE SKIP LOCKED`
+        .withoutTransform
+      if (rows.length === 0) return []
+      const until = rows[0]!.db_until
+      const token = randomUUID()
+      yield* sql`UPDATE ${table} SET ${takeLease({ owner, until: sql`${until}`, token })} WHERE ${
+        sql.in("id", rows.map((row) => row.id))
+      }`.raw
+      return rows.map((row) => {
+        const before = decodeRow(row)
+        return {
+          ...before,
+          stepLostCount: before.stepLostCount + (before.lockedBy === null ? 0 : 1),
+          lockedBy: owner,
+          lockedUntil: toDate(until),
+          leaseToken: token
+        }
+      })
+    }))
   }
 
   const extendLease = (lease: Lease, leaseFor: Duration.Duration) =>
-    Effect.flatMap(update(sql`locked_until = ${plus(leaseFor)}`, holds(lease)), (held) =>
+    Effect.flatMap(update(sql`locked_until = ${after(leaseFor)}`, holds(lease)), (held) =>
       held
         ? Effect.succeed("held" as const)
         : Effect.map(
@@ -461,7 +514,7 @@ export const makeStatements = (
     update(
       sql`${released}, error_message = ${Program.storableText(errorMessage)}, step_retry_count = step_retry_count + ${
         countAttempt ? 1 : 0
-      }, next_run_at = ${plus(delay)}, updated_at = ${now}`,
+      }, next_run_at = ${after(delay)}, updated_at = ${now}`,
       holds(lease)
     )
 
@@ -572,7 +625,7 @@ export const makeStatements = (
     }
   }
 
-  const migrate = makeMigration(client, dialect, tableName)
+  const migrate = migrateOnce(client, tableName, makeMigration(client, dialect, tableName))
 
   const retrying = <Args extends ReadonlyArray<any>, A>(
     f: (...args: Args) => Effect.Effect<A, SqlError>
@@ -647,6 +700,40 @@ const addMissingColumns = (sql: SqlClient.SqlClient, dialect: Dialect, tableName
   })
 
 /**
+ * The tables each client has migrated (or is migrating) in this process. The repository's and the queue's layers
+ * both need the table: the first to ask runs the migration, the others wait for its outcome. A failed or interrupted
+ * one is forgotten, so the next layer to ask runs it again.
+ */
+const migrations = new WeakMap<SqlClient.SqlClient, Map<string, Deferred.Deferred<void, RepositoryError>>>()
+
+const migrateOnce = (
+  client: SqlClient.SqlClient,
+  tableName: string,
+  migrate: Effect.Effect<void, RepositoryError>
+): Effect.Effect<void, RepositoryError> =>
+  Effect.suspend(() => {
+    let tables = migrations.get(client)
+    if (tables === undefined) {
+      tables = new Map()
+      migrations.set(client, tables)
+    }
+    const known = tables.get(tableName)
+    if (known !== undefined) {
+      return Effect.catchAllCause(
+        Deferred.await(known),
+        (cause) => Cause.isInterruptedOnly(cause) ? migrateOnce(client, tableName, migrate) : Effect.failCause(cause)
+      )
+    }
+    const done = Deferred.unsafeMake<void, RepositoryError>(FiberId.none)
+    const started = tables
+    started.set(tableName, done)
+    return Effect.onExit(migrate, (exit) => {
+      if (Exit.isFailure(exit)) started.delete(tableName)
+      return Deferred.done(done, exit)
+    })
+  })
+
+/**
  * Creates the table and its indexes when missing. Every statement is idempotent, and PostgreSQL serializes concurrent
  * starts on an advisory lock, so several workers may start at once. (Migrator's "locked" outcome returns before the
  * first worker's migration is done, which would let a second worker query a table that does not exist yet.)
@@ -654,8 +741,22 @@ const addMissingColumns = (sql: SqlClient.SqlClient, dialect: Dialect, tableName
 const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: string) => {
   const t = sql(tableName)
   const ix = (suffix: string) => sql(indexName(tableName, suffix))
-  const statements: Array<Statement.Statement<unknown>> = dialect === "pg"
-    ? [
+  /**
+   * MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): the index is looked up in the catalog and created when
+   * missing. A worker starting at the same moment may create it first: its duplicate key name (1061) is success.
+   */
+  const mysqlIndex = (suffix: string, create: (name: Statement.Identifier) => Statement.Statement<unknown>) =>
+    Effect.gen(function*() {
+      const name = indexName(tableName, suffix)
+      const found = yield* sql`SELECT 1 AS found FROM information_schema.statistics
+          WHERE table_schema = DATABASE() AND table_name = ${tableName} AND index_name = ${name} LIMIT 1`.withoutTransform
+      if (found.length > 0) return
+      yield* create(sql(name)).withoutTransform.pipe(Effect.catchIf(isDuplicateKeyName, () => Effect.void))
+    })
+  const plain = (statements: ReadonlyArray<Statement.Statement<unknown>>) =>
+    statements.map((statement) => statement.withoutTransform)
+  const statements: Array<Effect.Effect<unknown, SqlError>> = dialect === "pg"
+    ? plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
   id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
   run_id text NOT NULL,
@@ -682,7 +783,7 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
       // Recovery of expired leases.
       sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
-    ]
+    ])
     : dialect === "mysql"
     ? [
       sql`CREATE TABLE IF NOT EXISTS ${t} (
@@ -703,14 +804,14 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   lease_token VARCHAR(64) NULL,
   step_lost_count INT NOT NULL DEFAULT 0,
   next_run_at DATETIME(3) NOT NULL
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`,
-      sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`.withoutTransform,
+      mysqlIndex("run_id_key", (name) => sql`CREATE UNIQUE INDEX ${name} ON ${t} (run_id)`),
       // No partial indexes: IS NULL is an equality lookup, so the unfinished rows are still a contiguous range.
-      sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (finished_at, errored_at, next_run_at)`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (finished_at, errored_at, id)`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (finished_at, errored_at, locked_until)`
+      mysqlIndex("due_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, next_run_at)`),
+      mysqlIndex("active_id_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, id)`),
+      mysqlIndex("leased_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, locked_until)`)
     ]
-    : [
+    : plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   run_id TEXT NOT NULL,
@@ -735,10 +836,10 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
-    ]
+    ])
   const all = Effect.zipRight(
     addMissingColumns(sql, dialect, tableName),
-    Effect.forEach(statements, (statement) => statement.withoutTransform, { discard: true })
+    Effect.forEach(statements, (statement) => statement, { discard: true })
   )
   const run = dialect === "pg"
     ? sql.withTransaction(
