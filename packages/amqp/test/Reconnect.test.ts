@@ -3,7 +3,7 @@
  * publishers and consumers carry on over a new connection, and deliveries of the old one are harmless to settle.
  */
 import { expect, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Layer, Option, type Scope } from "effect"
+import { Deferred, Duration, Effect, Layer, Metric, Option, type Scope } from "effect"
 import {
   Executor,
   ExecutorConfig,
@@ -21,6 +21,7 @@ import { describeWithService } from "../../core/test/utils/services.js"
 import { brokerConnectionId, closeConnection, closeFromBroker, eventually, inspectQueue, rabbitLayer } from "./utils.js"
 
 const claim = { owner: "test", leaseFor: Duration.minutes(1) }
+const wakeUpsDropped = Metric.counter("program_executor_wakeups_dropped_total", { incremental: true })
 
 describeWithService("AMQP_URL", "AMQP reconnect", (url) => {
   const withQueue = <A, E>(
@@ -60,22 +61,21 @@ describeWithService("AMQP_URL", "AMQP reconnect", (url) => {
     withQueue(() =>
       Effect.gen(function*() {
         const executions = new Map<string, number>()
-        let completed = 0
         let waiting = 0
-        // Second steps hold until the connection was closed, so the close surely lands mid-run, with deliveries
-        // of the old connection still in flight.
+        // The first two second steps hold until their redelivered wake-ups were refused, so the close surely lands
+        // mid-run, with deliveries of the old connection still in flight; the other slots stay free to take them.
+        const held = 2
         const gate = yield* Deferred.make<void>()
         const job = (name: string) =>
           Job.make(name, Effect.gen(function*() {
             const ctx = yield* JobContext
             const key = `${ctx.runId}/${ctx.step}`
             executions.set(key, (executions.get(key) ?? 0) + 1)
-            if (name === "second") {
+            if (name === "second" && waiting < held) {
               waiting++
               yield* Deferred.await(gate)
             }
             yield* Effect.sleep("10 millis")
-            completed++
           }))
         const programs = 20
         const jobs = ["first", "second", "third"]
@@ -88,9 +88,15 @@ describeWithService("AMQP_URL", "AMQP reconnect", (url) => {
             { concurrency: 4 }
           )
           const pid = yield* brokerConnectionId
-          yield* eventually("second steps are running", Effect.sync(() => waiting >= 2))
+          yield* eventually("second steps are held", Effect.sync(() => waiting === held))
+          const droppedBefore = (yield* Metric.value(wakeUpsDropped)).count
           yield* closeConnection(pid)
-          expect(completed).toBeLessThan(programs * jobs.length)
+          // Their deliveries died unacknowledged with the old channel: the broker gives them to the new one while the
+          // steps still run, and their claims must be refused (the lease is held), not run a second time.
+          yield* eventually(
+            "the redelivered wake-ups of the held steps were dropped",
+            Effect.map(Metric.value(wakeUpsDropped), (state) => state.count - droppedBefore >= held)
+          )
           yield* Deferred.succeed(gate, undefined)
           yield* eventually(
             "every program finished",
@@ -115,7 +121,7 @@ describeWithService("AMQP_URL", "AMQP reconnect", (url) => {
           expect(program.finishedAt).not.toBeNull()
           expect(program.erroredAt).toBeNull()
           for (let step = 0; step < jobs.length; step++) {
-            expect(executions.get(`${runId}/${step}`) ?? 0).toBeGreaterThanOrEqual(1)
+            expect(executions.get(`${runId}/${step}`) ?? 0, `${runId}/${step}`).toBe(1)
           }
         }
       })), { timeout: 120_000 })

@@ -311,22 +311,55 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
   it.live("a publish in one process wakes an idle consumer in another at once (LISTEN/NOTIFY)", () =>
     Effect.gen(function*() {
       const tableName = uniqueTable("notify")
-      // Two "processes": separate clients and queues; the consumer's poll is far longer than the bound below.
+      yield* Effect.addFinalizer(() => dropTable("pg", tableName, url))
+      // Two "processes": separate clients and queues. The consumer's poll is far longer than the bound below, so once
+      // its first claim has come back empty only a notification can make it claim again within the bound. Its claims
+      // are seen through its hot statements: how many rows each returned.
+      const claims: Array<number> = []
+      const firstClaimEmpty = yield* Deferred.make<void>()
+      const countingClaims = Layer.effect(
+        PreparedStatements,
+        // SqlDatabase.layer carries the hot statements without listing them in its type.
+        Effect.map(Effect.map(Effect.serviceOption(PreparedStatements), Option.getOrThrow), (inner) => ({
+          run: (text: string, params: ReadonlyArray<unknown>) =>
+            inner.run(text, params).pipe(Effect.tap((rows) =>
+              Effect.sync(() => claims.push(rows.length)).pipe(
+                Effect.zipRight(rows.length === 0 ? Deferred.succeed(firstClaimEmpty, undefined) : Effect.void)
+              )
+            ))
+        }))
+      )
+      const consumer = yield* Layer.build(
+        SqlProgramQueue.layer({ tableName, pollInterval: "10 minutes" }).pipe(
+          Layer.provide(countingClaims),
+          Layer.provideMerge(SqlDatabase.layer(url))
+        )
+      )
+      // The consumer's LISTEN connection is up before the producer exists (which listens on the same channel): a
+      // NOTIFY sent before it would be lost, and the test would time out.
+      const listenText = `LISTEN "program_executor_${tableName}"`
+      yield* Effect.flatMap(
+        SqlClient.SqlClient,
+        (sql) =>
+          sql<{ readonly n: number }>`
+            SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = ${listenText} AND state = 'idle'`
+      ).pipe(
+        Effect.filterOrFail((rows) => rows[0]!.n > 0, () => new Error(`no session ran ${listenText}`)),
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))),
+        Effect.provide(consumer)
+      )
       const producer = yield* Layer.build(
         Layer.merge(SqlProgramRepository.layer({ tableName }), SqlProgramQueue.layer({ tableName })).pipe(
           Layer.provide(SqlDatabase.layer(url))
         )
-      )
-      const consumer = yield* Layer.build(
-        SqlProgramQueue.layer({ tableName, pollInterval: "1 minute" }).pipe(Layer.provide(SqlDatabase.layer(url)))
       )
       const subscription = yield* Effect.flatMap(ProgramQueue, (queue) =>
         queue.subscribe({ prefetch: 2, claim: { owner: "consumer", leaseFor: Duration.seconds(30) } })).pipe(
           Effect.provide(consumer)
         )
       const taking = yield* Effect.fork(subscription.take)
-      // Let the consumer's first (empty) claim happen, so it is idle, waiting for a wake-up.
-      yield* Effect.sleep("500 millis")
+      // Its first claim found nothing: the row below is written after it, so that claim cannot be what finds it.
+      yield* Deferred.await(firstClaimEmpty)
       const runId = crypto.randomUUID()
       yield* Effect.gen(function*() {
         const repository = yield* ProgramRepository
@@ -337,8 +370,9 @@ describeWithService("DATABASE_URL", "PostgreSQL", (url) => {
       const delivery = yield* Fiber.join(taking).pipe(Effect.timeout("5 seconds"))
       expect(delivery.message).toEqual({ runId, step: 0 })
       expect(Option.getOrThrow(delivery.claimed).lockedBy).toBe("consumer")
+      // The empty claim, then the one the notification caused.
+      expect(claims).toEqual([0, 1])
       yield* delivery.ack
-      yield* Effect.addFinalizer(() => dropTable("pg", tableName, url))
     }).pipe(Effect.scoped), { timeout: 30_000 })
 
   it.live("on a table never analyzed, claim and advance of one program find it by run_id, not by scanning", () =>
