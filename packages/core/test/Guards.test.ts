@@ -165,4 +165,42 @@ describe("memory repository guards at their boundaries (TestClock)", () => {
       expect(yield* repository.resume(live.runId)).toMatchObject({ lockedBy: owner })
       expect(yield* repository.resume(expiring.runId)).toMatchObject({ lockedBy: null, lockedUntil: null })
     }).pipe(Effect.provide(ProgramRepository.layerMemory)))
+
+  it.effect("recoverExpired: only steps in progress; a program cancelled while leased is not re-published", () =>
+    Effect.gen(function*() {
+      const repository = yield* ProgramRepository
+      const cancelled = yield* insert
+      const unleased = yield* insert
+      yield* claim(cancelled)
+      yield* repository.cancel(cancelled.runId, "by user")
+      yield* at(1000)
+      expect(yield* repository.recoverExpired(10)).toEqual([])
+      expect((yield* get(unleased.runId)).lockedBy).toBeNull()
+    }).pipe(Effect.provide(ProgramRepository.layerMemory)))
+
+  it.effect("release: a lease already given back is not released again (updated_at, the sweeper's clock, stays)", () =>
+    Effect.gen(function*() {
+      const repository = yield* ProgramRepository
+      const program = yield* insert
+      const lease = leaseOf(yield* claim(program))
+      yield* at(100)
+      yield* repository.release(lease)
+      yield* at(200)
+      yield* repository.release(lease)
+      expect((yield* get(program.runId)).updatedAt.getTime()).toBe(100)
+    }).pipe(Effect.provide(ProgramRepository.layerMemory)))
+
+  it.effect("findStale: a step touched less than idleFor ago is not stale, however long it has been due", () =>
+    Effect.gen(function*() {
+      const repository = yield* ProgramRepository
+      const program = yield* insert
+      yield* at(200)
+      yield* claim(program, owner, Duration.millis(10))
+      yield* at(1000)
+      expect(yield* repository.findStale({ idleFor: Duration.millis(900), limit: 10 })).toEqual([])
+      yield* at(1100)
+      expect(yield* repository.findStale({ idleFor: Duration.millis(900), limit: 10 })).toEqual([
+        { runId: program.runId, step: 0 }
+      ])
+    }).pipe(Effect.provide(ProgramRepository.layerMemory)))
 })
