@@ -19,6 +19,7 @@ import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as Tracer from "effect/Tracer"
+import { randomUUID } from "node:crypto"
 import type * as Job from "./Job.js"
 import { ExecutorConfig, type ExecutorOptions } from "./ExecutorConfig.js"
 import { classify, type Failure } from "./internal/classify.js"
@@ -70,7 +71,8 @@ interface LeasedStep {
  * first.
  */
 interface Slot {
-  readonly delivery: Delivery
+  /** The wake-up of the step running now: after a continuation, a stand-in for a step no message carries. */
+  delivery: Delivery
   handler: Fiber.RuntimeFiber<void> | undefined
   /** The step whose job runs now, if it does. */
   step: LeasedStep | undefined
@@ -79,6 +81,12 @@ interface Slot {
 
 /** How long a shutdown waits, after interrupting the jobs left at the end of its grace, before taking them over. */
 export const shutdownMargin = Duration.seconds(1)
+
+/** A step claimed by continuation, to run next on the same slot; `claimedAt` as in `runJob`. */
+interface Continuation {
+  readonly program: ProgramRecord
+  readonly claimedAt: number
+}
 
 /** Every run of a step counts, whether it recorded a failure or was lost without an outcome. */
 const attemptOf = (program: ProgramRecord) => program.stepRetryCount + program.stepLostCount + 1
@@ -91,9 +99,10 @@ const attemptOf = (program: ProgramRecord) => program.stepRetryCount + program.s
  */
 const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const attempt = attemptOf(program)
-  // `runId` and `step` are already there: `handle` set them.
+  // `runId` is already there: `handle` set it. The step changes along a chain of continued steps.
   const annotated = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
     HashMap.mutate(annotations, (mutable) => {
+      HashMap.set(mutable, "step", program.step)
       HashMap.set(mutable, "job", program.jobs[program.step] ?? "")
       HashMap.set(mutable, "attempt", attempt)
     })).pipe(Effect.zipRight(handling))
@@ -106,7 +115,8 @@ const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, 
           attributes: { runId: program.runId, step: program.step, job: program.jobs[program.step] ?? "", attempt },
           captureStackTrace: false
         },
-        (span) => Effect.zipRight(FiberRef.update(FiberRef.currentContext, Context.add(Tracer.ParentSpan, span)), annotated)
+        // Scoped to the step, unlike the annotations: the next step of a chain must not be this one's child.
+        (span) => Effect.locallyWith(annotated, FiberRef.currentContext, Context.add(Tracer.ParentSpan, span))
       ))
 }
 
@@ -259,17 +269,49 @@ const makeHandler = (
    * this run's own (a token is fresh at every claim, and a run ends its lease once), so it counts as done.
    */
   const settle = (what: string, lease: Lease, write: Effect.Effect<boolean, RepositoryError>) =>
+    settleWith(
+      what,
+      lease,
+      write,
+      (applied) => applied,
+      Option.exists((row) => row.leaseToken === lease.token && row.lockedBy === null)
+    )
+
+  /**
+   * `settle` for any write: `applied` says whether its answer reports it done, `readBack` what the row read back
+   * says when the answer was lost.
+   */
+  const settleWith = <A>(
+    what: string,
+    lease: Lease,
+    write: Effect.Effect<A, RepositoryError>,
+    applied: (answer: A) => boolean,
+    readBack: (row: Option.Option<ProgramRecord>) => A
+  ) =>
     Effect.suspend(() => {
       let unanswered = false
       return durably(what, Effect.tapError(write, () => Effect.sync(() => (unanswered = true)))).pipe(
-        Effect.flatMap((applied) =>
-          applied || !unanswered
-            ? Effect.succeed(applied)
-            : Effect.map(
-              durably("reading the program back", repository.get(lease.runId)),
-              Option.exists((row) => row.leaseToken === lease.token && row.lockedBy === null)
-            )
+        Effect.flatMap((answer) =>
+          applied(answer) || !unanswered
+            ? Effect.succeed(answer)
+            : Effect.map(durably("reading the program back", repository.get(lease.runId)), readBack)
         )
+      )
+    })
+
+  /**
+   * Continuation's write (`advanceAndClaim`) under a token made here: when its answer was lost, the row read back
+   * carrying that token (and still in progress) is the proof that it committed, and is the next step's claim.
+   */
+  const continueFrom = (lease: Lease) =>
+    Effect.suspend(() => {
+      const nextToken = randomUUID()
+      return settleWith(
+        "continuing to the next step",
+        lease,
+        repository.advanceAndClaim(lease, { ...claimOptions, nextToken }),
+        Option.isSome,
+        Option.filter((row) => row.leaseToken === nextToken && row.finishedAt === null && row.erroredAt === null)
       )
     })
 
@@ -447,13 +489,41 @@ const makeHandler = (
       return { _tag: "Completed", exit }
     })
 
-  /** The step completed: move the program on, wake the next step, then (by the caller) ack. */
-  const advance = (program: ProgramRecord, lease: Lease, job: string, startedAt: number) =>
+  /**
+   * The step completed: move the program on. When the chain may go on (`mayContinue`: the caller's count of
+   * consecutive steps), no shutdown has begun and the next job is in this worker's library, the advance also claims
+   * the next step (continuation, DESIGN.md 3b), which is returned to run here at once; otherwise the next step is
+   * woken through the queue. The caller acks the message.
+   */
+  const advance = (
+    program: ProgramRecord,
+    lease: Lease,
+    job: string,
+    startedAt: number,
+    mayContinue: boolean
+  ): Effect.Effect<Continuation | undefined, RepositoryError> =>
     Effect.gen(function*() {
       const finished = program.step + 1 >= program.jobs.length
-      const advanced = yield* settle("advancing the step", lease, repository.advance(lease, { finished }))
-      if (!advanced) {
-        return yield* Effect.logWarning("lease lost before the step could advance; another worker will run it again")
+      const nextJob = program.jobs[program.step + 1]
+      let next: Continuation | undefined
+      if (mayContinue && !finished && !stopping && nextJob !== undefined && library.get(nextJob) !== undefined) {
+        const claimedAt = yield* Clock.currentTimeMillis
+        const claimed = yield* continueFrom(lease)
+        if (Option.isNone(claimed)) {
+          return yield* Effect.as(
+            Effect.logWarning("lease lost before the step could advance; another worker will run it again"),
+            undefined
+          )
+        }
+        next = { program: claimed.value, claimedAt }
+      } else {
+        const advanced = yield* settle("advancing the step", lease, repository.advance(lease, { finished }))
+        if (!advanced) {
+          return yield* Effect.as(
+            Effect.logWarning("lease lost before the step could advance; another worker will run it again"),
+            undefined
+          )
+        }
       }
       const duration = Duration.millis((yield* Clock.currentTimeMillis) - startedAt)
       yield* events.publish(
@@ -470,9 +540,12 @@ const makeHandler = (
         yield* Metric.increment(metrics.programsFinished)
         yield* events.publish(ProgramEvent.ProgramFinished({ runId: program.runId }))
         yield* Effect.logDebug("program finished")
-      } else {
+      } else if (next === undefined) {
         yield* wake(program.runId, program.step + 1)
+      } else {
+        yield* Metric.increment(metrics.stepsContinued)
       }
+      return next
     })
 
   const stop = (program: ProgramRecord, lease: Lease, job: string, failure: Failure & { _tag: "Ignore" | "Fatal" }) =>
@@ -571,13 +644,19 @@ const makeHandler = (
         `of memory) or outlive its lease`
   }
 
-  /** Runs one claimed step. Only the job itself is interruptible; what it completed is always recorded. */
+  /**
+   * Runs one claimed step. Only the job itself is interruptible; what it completed is always recorded. Returns the
+   * next step when it was claimed by continuation (see `advance`). `delivered`: the step came from the queue (not by
+   * continuation), so its due time tells where the queue's head is.
+   */
   const runStep = (
     program: ProgramRecord,
     slot: Slot,
     claimedAt: number,
-    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  ) =>
+    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+    delivered: boolean,
+    mayContinue: boolean
+  ): Effect.Effect<Continuation | void, RepositoryError> =>
     Effect.gen(function*() {
       const lease: Lease = { runId: program.runId, step: program.step, token: program.leaseToken ?? "" }
       const jobName = program.jobs[program.step]
@@ -590,14 +669,16 @@ const makeHandler = (
       if (lostTooOften !== undefined) return yield* stop(program, lease, jobName, fatal(lostTooOften))
       const startedAt = yield* Clock.currentTimeMillis
       yield* Metric.update(metrics.queueLag, Math.max(0, startedAt - program.nextRunAt.getTime()) / 1000)
-      headDueAt = Math.max(headDueAt, program.nextRunAt.getTime())
-      headSeenAt = startedAt
+      if (delivered) {
+        headDueAt = Math.max(headDueAt, program.nextRunAt.getTime())
+        headSeenAt = startedAt
+      }
       if (job === undefined) {
         if (config.onUnknownJob === "skip") {
           yield* Effect.logWarning(`job "${jobName}" is not in this worker's library: skipped`).pipe(
             Effect.annotateLogs("event", "job-skipped")
           )
-          return yield* advance(program, lease, jobName, startedAt)
+          return yield* advance(program, lease, jobName, startedAt, mayContinue)
         }
         return yield* stop(
           program,
@@ -618,7 +699,7 @@ const makeHandler = (
           )
           : Effect.logWarning("lease lost while the job ran (another worker took the step); job interrupted")
       }
-      if (Exit.isSuccess(outcome.exit)) return yield* advance(program, lease, jobName, startedAt)
+      if (Exit.isSuccess(outcome.exit)) return yield* advance(program, lease, jobName, startedAt, mayContinue)
       const failure = classify(outcome.exit.cause)
       return yield* failure._tag === "Retry"
         ? retry(program, lease, job, failure)
@@ -671,17 +752,24 @@ const makeHandler = (
           yield* Metric.increment(metrics.wakeUpsDropped)
           return yield* delivery.ack
         }
-        yield* runStep(claimed.value, slot, claimedAt, restore)
-        yield* delivery.ack
+        // A chain: each step continued from the one before, at most `maxConsecutiveSteps` on this delivery.
+        let step: Continuation = { program: claimed.value, claimedAt }
+        for (let left = config.maxConsecutiveSteps - 1;; left--) {
+          const next = yield* runStep(step.program, slot, step.claimedAt, restore, step.program === claimed.value, left > 0)
+          if (next === undefined) break
+          slot.delivery = continued(slot.delivery, next.program)
+          step = next
+        }
+        yield* slot.delivery.ack
       }).pipe(
         Effect.catchAllCause((cause) => {
           if (Cause.isInterruptedOnly(cause)) return Effect.interrupt
           const failure = Cause.failureOption(cause)
           if (Option.isSome(failure) && failure.value._tag === "RepositoryError" && !isTransient(failure.value)) {
-            return poison(delivery, `the database refused it: ${failure.value.message}`)
+            return poison(slot.delivery, `the database refused it: ${failure.value.message}`)
           }
           return Effect.logError("could not handle a wake-up; returning it to the queue", cause).pipe(
-            Effect.zipRight(delivery.nack)
+            Effect.zipRight(slot.delivery.nack)
           )
         })
       )
@@ -691,6 +779,22 @@ const makeHandler = (
   /** The deliveries being handled; a shutdown waits for this to empty. */
   const running = new Set<Slot>()
   let drained: Deferred.Deferred<void> | undefined
+  /** Set when a shutdown begins: chains stop at their current step, and the next one goes back to the queue. */
+  let stopping = false
+
+  /**
+   * The stand-in delivery of a step claimed by continuation. The message that began the chain stays unacked until the
+   * chain ends, so the queue still counts the slot as busy (the SQL queue would otherwise claim rows ahead for it):
+   * acking the stand-in acks that message. No message carries this step, so giving it back (an interrupted step, a
+   * shutdown, a handling that failed) acks that message too and publishes this step's wake-up.
+   */
+  const continued = (origin: Delivery, program: ProgramRecord): Delivery =>
+    once({
+      message: { runId: program.runId, step: program.step },
+      claimed: Option.some(program),
+      ack: origin.ack,
+      nack: Effect.zipRight(origin.ack, wake(program.runId, program.step))
+    })
 
   const free = (slot: Slot) =>
     Effect.suspend(() => {
@@ -754,6 +858,7 @@ const makeHandler = (
    * over those that ignore it: the worker stops within `shutdownGrace + shutdownMargin` (plus a release per step).
    */
   const shutdown = Effect.gen(function*() {
+    stopping = true
     if (running.size === 0) return
     const empty = yield* Deferred.make<void>()
     drained = empty

@@ -38,6 +38,13 @@ export interface ExecutorOptions {
    * loses one run per crash, and completes its step between them. Checked when the step is claimed again.
    */
   readonly maxLostRuns: number
+  /**
+   * Steps of one program a worker runs back to back (continuation, DESIGN.md invariant 3b): when a step completes and
+   * the next job is in this worker's library, one guarded statement advances the program and claims the next step,
+   * which runs at once without a message. After this many steps in a row the next step goes back through the queue,
+   * so a long program does not keep a slot from the programs waiting behind it. `1`: one step per message.
+   */
+  readonly maxConsecutiveSteps: number
   /** A job run longer than this fails as retryable. None: no limit. */
   readonly jobTimeout: Option.Option<Duration.Duration>
   /** How often the sweeper looks for steps whose wake-up was lost. */
@@ -82,6 +89,7 @@ export const defaults = (): ExecutorOptions => ({
   retrySchedule: defaultRetrySchedule,
   maxAttempts: 20,
   maxLostRuns: 3,
+  maxConsecutiveSteps: 20,
   jobTimeout: Option.none(),
   sweepInterval: Duration.seconds(30),
   staleAfter: Duration.minutes(1),
@@ -126,6 +134,7 @@ export const validate = (options: ExecutorOptions): Effect.Effect<ExecutorOption
   integer("concurrency", options.concurrency, 1, false)
   integer("maxAttempts", options.maxAttempts, 1, true)
   integer("maxLostRuns", options.maxLostRuns, 0, true)
+  integer("maxConsecutiveSteps", options.maxConsecutiveSteps, 1, false)
   integer("sweepBatchSize", options.sweepBatchSize, 1, false)
   for (const name of positiveDurations) duration(name, options[name], "positive")
   duration("shutdownGrace", options.shutdownGrace, "non-negative")
@@ -195,6 +204,7 @@ export const layerFromEnv = (options: Partial<ExecutorOptions> = {}): Layer.Laye
         heartbeatInterval: duration("PE_HEARTBEAT_INTERVAL"),
         maxAttempts: countOrUnlimited("PE_MAX_ATTEMPTS"),
         maxLostRuns: countOrUnlimited("PE_MAX_LOST_RUNS"),
+        maxConsecutiveSteps: Config.option(Config.integer("PE_MAX_CONSECUTIVE_STEPS")),
         jobTimeout: duration("PE_JOB_TIMEOUT"),
         recoveryInterval: duration("PE_RECOVERY_INTERVAL"),
         sweepInterval: duration("PE_SWEEP_INTERVAL"),

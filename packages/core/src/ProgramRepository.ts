@@ -110,6 +110,17 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
      * Guarded by step and lease: false when the lease was lost and nothing changed.
      */
     readonly advance: (lease: Lease, options: { readonly finished: boolean }) => Effect.Effect<boolean, RepositoryError>
+    /**
+     * Continuation: moves to `step + 1` and claims it for `options.owner` under the fresh fencing token `nextToken`,
+     * in one statement guarded like `advance` (so a cancelled program, a lost lease or a moved step changes nothing).
+     * The next step is due at once, with no retries and no lost runs. Returns the row as it is after the write, or
+     * `None` when the guard refused it. Never used for the last step (that is `advance` with `finished`). The caller
+     * makes the token, so that a write whose answer was lost can be recognised as its own by reading the row back.
+     */
+    readonly advanceAndClaim: (
+      lease: Lease,
+      options: ClaimOptions & { readonly nextToken: string }
+    ) => Effect.Effect<Option.Option<ProgramRecord>, RepositoryError>
     /** Records a retryable failure, releases the lease and sets `next_run_at`. Guarded like `advance`. */
     readonly scheduleRetry: (lease: Lease, options: RetryOptions) => Effect.Effect<boolean, RepositoryError>
     /** Sets `errored_at` and `error_message` and releases the lease. Guarded like `advance`. */

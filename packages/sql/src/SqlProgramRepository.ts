@@ -69,6 +69,11 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
       Effect.mapError(table.writeJobData(lease, jobName, value), toRepositoryError("writing job data")),
     advance: (lease, { finished }) =>
       Effect.mapError(table.advance(lease, finished), toRepositoryError("advancing the step")),
+    advanceAndClaim: (lease, options) =>
+      table.advanceAndClaim(lease, options.owner, options.leaseFor, options.nextToken).pipe(
+        Effect.map(Option.fromNullable),
+        Effect.mapError(toRepositoryError("continuing to the next step"))
+      ),
     scheduleRetry: (lease, options) =>
       Effect.mapError(
         table.scheduleRetry(lease, options.errorMessage, options.delay, options.countAttempt),

@@ -126,6 +126,17 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             : { ...released, step: row.step + 1, stepRetryCount: 0, stepLostCount: 0, nextRunAt: at }
       ).pipe(Effect.map(Option.isSome)),
 
+    advanceAndClaim: (lease, options) =>
+      updateIf(lease.runId, holds(lease), (row, at) => ({
+        step: row.step + 1,
+        stepRetryCount: 0,
+        stepLostCount: 0,
+        nextRunAt: at,
+        lockedBy: options.owner,
+        lockedUntil: plus(at, options.leaseFor),
+        leaseToken: options.nextToken
+      })),
+
     scheduleRetry: (lease, options) =>
       updateIf(lease.runId, holds(lease), (row, at) => ({
         ...released,

@@ -7,6 +7,8 @@ export const programsErrored = Metric.counter("program_executor_programs_errored
 export const programsCancelled = Metric.counter("program_executor_programs_cancelled_total", { incremental: true })
 export const stepsRetried = Metric.counter("program_executor_steps_retried_total", { incremental: true })
 export const stepsCompleted = Metric.counter("program_executor_steps_completed_total", { incremental: true })
+/** Steps claimed by continuation (advanced and claimed in one statement by the worker that ran the step before). */
+export const stepsContinued = Metric.counter("program_executor_steps_continued_total", { incremental: true })
 /** Wake-ups that did not run a step: duplicates, stale or cancelled programs. */
 export const wakeUpsDropped = Metric.counter("program_executor_wakeups_dropped_total", { incremental: true })
 export const stepsRecovered = Metric.counter("program_executor_sweeper_republished_total", { incremental: true })

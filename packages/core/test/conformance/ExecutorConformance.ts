@@ -21,7 +21,7 @@ import {
   RepositoryError,
   RetryableError
 } from "@program-executor/core"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Schema, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Ref, Schedule, Schema, Scope, Stream } from "effect"
 
 /** Short everything, so faults resolve in well under a second. */
 export const fastConfig: Partial<ExecutorConfig.ExecutorOptions> = {
@@ -96,7 +96,11 @@ const harness = <A, E>(
   storage: Layer.Layer<Storage, unknown>,
   jobs: ReadonlyArray<Job.Job>,
   body: (workers: {
-    readonly start: (config?: Partial<ExecutorConfig.ExecutorOptions>) => Effect.Effect<Scope.CloseableScope>
+    /** Starts a worker; `library`: the jobs it knows, when not all of them. */
+    readonly start: (
+      config?: Partial<ExecutorConfig.ExecutorOptions>,
+      library?: ReadonlyArray<Job.Job>
+    ) => Effect.Effect<Scope.CloseableScope>
   }) => Effect.Effect<A, E, Storage | ProgramExecutor | ProgramEvents>,
   config?: Partial<ExecutorConfig.ExecutorOptions>,
   decorate: (repository: ProgramRepository["Type"]) => ProgramRepository["Type"] = (repository) => repository
@@ -111,7 +115,7 @@ const harness = <A, E>(
     )
     let workerCount = 0
     const testScope = yield* Effect.scope
-    const start = (overrides: Partial<ExecutorConfig.ExecutorOptions> = {}) =>
+    const start = (overrides: Partial<ExecutorConfig.ExecutorOptions> = {}, library?: ReadonlyArray<Job.Job>) =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()
         // Workers stop before the storage closes under them (finalizers run in reverse order).
@@ -123,8 +127,11 @@ const harness = <A, E>(
           ...overrides,
           workerId: `worker-${workerCount++}`
         }
+        const own = library === undefined
+          ? context
+          : Context.merge(context, yield* Layer.build(JobLibrary.layer(...library)).pipe(Scope.extend(scope), Effect.orDie))
         yield* Effect.forkIn(
-          Executor.run.pipe(Effect.provide(context), Effect.provideService(ExecutorConfig.ExecutorConfig, options)),
+          Executor.run.pipe(Effect.provide(own), Effect.provideService(ExecutorConfig.ExecutorConfig, options)),
           scope
         )
         return scope
@@ -871,6 +878,161 @@ export const executorConformance = (
             })
           }))
       }))
+
+    describe("continuation", () => {
+      /** Counts the continuations and checks that each one continues from the token the one before it made. */
+      const watchContinuations = () => {
+        const continued: Array<{ readonly step: number; readonly from: string; readonly to: string }> = []
+        const decorate = (repository: ProgramRepository["Type"]): ProgramRepository["Type"] => ({
+          ...repository,
+          advanceAndClaim: (lease, options) =>
+            Effect.tap(repository.advanceAndClaim(lease, options), (next) =>
+              Effect.sync(() => {
+                if (Option.isSome(next)) continued.push({ step: lease.step, from: lease.token, to: options.nextToken })
+              }))
+        })
+        return { continued, decorate }
+      }
+
+      it.scopedLive("a program's steps run back to back under a fresh token each, at most maxConsecutiveSteps per message", () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const names = ["j0", "j1", "j2", "j3", "j4", "j5", "j6"]
+          for (const [cap, expected] of [[3, [0, 1, 3, 4]], [1, []], [20, [0, 1, 2, 3, 4, 5]]] as const) {
+            const { continued, decorate } = watchContinuations()
+            yield* run(names.map((name) => recorded(log, name)), (workers) =>
+              Effect.gen(function*() {
+                yield* workers.start({ maxConsecutiveSteps: cap })
+                const runId = yield* ProgramExecutor.createProgram({ jobs: names })
+                const program = yield* awaitProgram(runId)
+                expect(program.finishedAt).not.toBeNull()
+                const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+                expect(runs.map((execution) => [execution.step, execution.attempt])).toEqual(names.map((_, i) => [i, 1]))
+                // With a cap of 3: steps 0–2 on the first message, 3–5 on the next, 6 alone.
+                expect(continued.map((continuation) => continuation.step)).toEqual(expected)
+                for (let i = 1; i < continued.length; i++) {
+                  if (continued[i]!.step === continued[i - 1]!.step + 1) expect(continued[i]!.from).toBe(continued[i - 1]!.to)
+                }
+                expect(new Set(continued.map((continuation) => continuation.to)).size).toBe(continued.length)
+              }), undefined, decorate)
+          }
+        }))
+
+      it.scopedLive("a program cancelled while a step of its chain runs stops there: the continuation is refused", () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const started = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          const gate = recorded(log, "gate", () => Effect.zipRight(Deferred.succeed(started, undefined), Deferred.await(release)))
+          yield* run([recorded(log, "a"), gate, recorded(log, "c"), recorded(log, "other")], (workers) =>
+            Effect.gen(function*() {
+              // A heartbeat too slow to see the cancel: only the continuation's guard can.
+              yield* workers.start({ concurrency: 1, leaseDuration: Duration.seconds(30), heartbeatInterval: Duration.seconds(20) })
+              const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "gate", "c"] })
+              yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+              yield* ProgramExecutor.cancel(runId, "stop the chain")
+              yield* Deferred.succeed(release, undefined)
+              // One slot: the next program runs once the chain has let go of it.
+              yield* awaitProgram(yield* ProgramExecutor.createProgram({ jobs: ["other"] }))
+              const program = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+              expect(program).toMatchObject({ step: 1, errorMessage: "stop the chain", finishedAt: null })
+              const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
+              expect(runs.map((execution) => execution.job)).toEqual(["a", "gate"])
+            }))
+        }))
+
+      it.scopedLive("a next job this worker does not know is not continued into: its step goes through the queue", () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const [a, b, c] = ["a", "b", "c"].map((name) => recorded(log, name))
+          const { continued, decorate } = watchContinuations()
+          yield* run([a!, b!, c!], (workers) =>
+            Effect.gen(function*() {
+              // Workers sharing a queue are meant to share a library; during a rolling deploy they may not. This one
+              // skips what it lacks, so the step it must not continue into is delivered to it, and skipped.
+              yield* workers.start({ onUnknownJob: "skip" }, [a!, b!])
+              const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "b", "c"] })
+              const program = yield* awaitProgram(runId)
+              expect(program.finishedAt).not.toBeNull()
+              expect((yield* Ref.get(log)).map((execution) => execution.job)).toEqual(["a", "b"])
+              expect(continued.map((continuation) => continuation.step)).toEqual([0])
+            }), undefined, decorate)
+        }))
+
+      it.scopedLive("a shutdown in the middle of a chain ends it at the running step; the next step is claimable at once", () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const started = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          const firstStopped = yield* Ref.make(false)
+          const ranAfterShutdown = yield* Ref.make<ReadonlyArray<boolean>>([])
+          const gate = recorded(log, "gate", () => Effect.zipRight(Deferred.succeed(started, undefined), Deferred.await(release)))
+          const after = recorded(log, "after", () =>
+            Effect.flatMap(Ref.get(firstStopped), (stopped) => Ref.update(ranAfterShutdown, (seen) => [...seen, stopped])))
+          yield* run([recorded(log, "a"), gate, after], (workers) =>
+            Effect.gen(function*() {
+              // Leases far longer than the test's bound: the next step must not wait for one to expire, nor for
+              // the sweeper.
+              const slow = {
+                leaseDuration: Duration.minutes(2),
+                heartbeatInterval: Duration.seconds(1),
+                staleAfter: Duration.minutes(2),
+                sweepInterval: Duration.minutes(1),
+                recoveryInterval: Duration.minutes(1)
+              }
+              // The worker logs when its shutdown begins waiting for the running step.
+              const waiting = yield* Deferred.make<void>()
+              const watcher = Logger.make(({ message }) => {
+                if ([message].flat().join(" ").startsWith("shutting down")) Deferred.unsafeDone(waiting, Exit.void)
+              })
+              const first = yield* workers.start({ ...slow, shutdownGrace: Duration.seconds(20) }).pipe(
+                Effect.provide(Logger.add(watcher))
+              )
+              const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "gate", "after"] })
+              yield* Deferred.await(started).pipe(Effect.timeout("20 seconds"))
+              const stopping = yield* Effect.fork(Scope.close(first, Exit.void))
+              // Let the step finish within the grace, once the shutdown has begun.
+              yield* Deferred.await(waiting).pipe(Effect.timeout("10 seconds"))
+              yield* Deferred.succeed(release, undefined)
+              yield* Fiber.join(stopping)
+              yield* Ref.set(firstStopped, true)
+              const between = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+              expect(between).toMatchObject({ step: 2, lockedBy: null, finishedAt: null })
+              yield* workers.start(slow)
+              const program = yield* awaitProgram(runId, undefined, "20 seconds")
+              expect(program.finishedAt).not.toBeNull()
+              expect(yield* Ref.get(ranAfterShutdown)).toEqual([true])
+            }))
+        }))
+
+      it.scopedLive("a shutdown that interrupts a continued step gives it back and wakes it: it runs again at once elsewhere", () =>
+        Effect.gen(function*() {
+          const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+          const hang = yield* Ref.make(true)
+          const stubborn = recorded(log, "stubborn", () => Effect.flatMap(Ref.get(hang), (hangs) => hangs ? Effect.never : Effect.void))
+          yield* run([recorded(log, "a"), stubborn], (workers) =>
+            Effect.gen(function*() {
+              const slow = {
+                leaseDuration: Duration.minutes(2),
+                heartbeatInterval: Duration.seconds(1),
+                staleAfter: Duration.minutes(2),
+                sweepInterval: Duration.minutes(1),
+                recoveryInterval: Duration.minutes(1)
+              }
+              const first = yield* workers.start({ ...slow, shutdownGrace: Duration.millis(100) })
+              const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "stubborn"] })
+              yield* pollUntil(Ref.get(log), (runs) => runs.length === 2).pipe(Effect.timeout("30 seconds"))
+              yield* Scope.close(first, Exit.void)
+              const given = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
+              expect(given).toMatchObject({ step: 1, lockedBy: null, finishedAt: null })
+              yield* Ref.set(hang, false)
+              yield* workers.start(slow)
+              const program = yield* awaitProgram(runId, undefined, "20 seconds")
+              expect(program.finishedAt).not.toBeNull()
+              expect((yield* Ref.get(log)).map((execution) => execution.job)).toEqual(["a", "stubborn", "stubborn"])
+            }))
+        }))
+    })
 
     it.scopedLive("several workers on one storage: many programs, each step run and advanced once", () =>
       Effect.gen(function*() {

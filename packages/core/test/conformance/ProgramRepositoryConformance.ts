@@ -267,6 +267,8 @@ export const programRepositoryConformance = (
         expect(yield* repository.extendLease(leaseOf(row), lease)).toBe("lost")
         expect(yield* repository.writeJobData(leaseOf(row), "first", { late: true })).toBe(false)
         expect(yield* repository.advance(leaseOf(row), { finished: false })).toBe(false)
+        const continuation = { owner, leaseFor: lease, nextToken: randomUUID() }
+        expect(Option.isNone(yield* repository.advanceAndClaim(leaseOf(row), continuation))).toBe(true)
         expect(yield* get(program.runId)).toMatchObject({ step: 0, jobData: {}, leaseToken: row.leaseToken })
       }))
 
@@ -365,6 +367,48 @@ export const programRepositoryConformance = (
         expect(done.finishedAt).toBeInstanceOf(Date)
         expect(done).toMatchObject({ step: 1, lockedBy: null, erroredAt: null })
         expect(yield* repository.advance(leaseOf(next), { finished: true })).toBe(false)
+      }))
+
+    test("advanceAndClaim moves to the next step and claims it under the new token in one write, guarded like advance", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const program = yield* insert({ jobs: ["first", "second", "third"] })
+        const row = yield* claimed({ runId: program.runId, step: 0 })
+        yield* repository.scheduleRetry(leaseOf(row), { errorMessage: "once", delay: Duration.zero, countAttempt: true })
+        const retried = Option.getOrThrow(yield* eventually(claim({ runId: program.runId, step: 0 }), Option.isSome))
+        const continuation = { owner: other, leaseFor: lease, nextToken: randomUUID() }
+        // Refused under a token no claim made, or for a step the program is not at: nothing changes.
+        expect(Option.isNone(yield* repository.advanceAndClaim({ ...leaseOf(retried), token: otherToken }, continuation)))
+          .toBe(true)
+        expect(Option.isNone(yield* repository.advanceAndClaim({ ...leaseOf(retried), step: 1 }, continuation)))
+          .toBe(true)
+        expect(yield* get(program.runId)).toMatchObject({ step: 0, stepRetryCount: 1, leaseToken: retried.leaseToken })
+        const next = Option.getOrThrow(yield* repository.advanceAndClaim(leaseOf(retried), continuation))
+        // Returned as stored: the next step, leased to the new owner under the new token, due, no retries or lost runs.
+        expect(yield* get(program.runId)).toEqual(next)
+        expect(next).toMatchObject({
+          step: 1,
+          stepRetryCount: 0,
+          stepLostCount: 0,
+          lockedBy: other,
+          leaseToken: continuation.nextToken,
+          finishedAt: null,
+          erroredAt: null
+        })
+        expect(next.lockedUntil!.getTime()).toBeGreaterThan(next.updatedAt.getTime())
+        expect(next.nextRunAt.getTime()).toBeLessThanOrEqual(next.updatedAt.getTime())
+        // The step is leased: a delivered wake-up for it is refused; the previous run's token writes nothing.
+        expect(Option.isNone(yield* claim({ runId: program.runId, step: 1 }))).toBe(true)
+        expect(yield* repository.advance(leaseOf(retried), { finished: false })).toBe(false)
+        expect(yield* repository.writeJobData(leaseOf(retried), "first", { late: true })).toBe(false)
+        expect(Option.isNone(yield* repository.advanceAndClaim(leaseOf(retried), { ...continuation, nextToken: "x" })))
+          .toBe(true)
+        expect(yield* repository.writeJobData(leaseOf(next), "second", { n: 1 })).toBe(true)
+        // A cancelled program is not continued, even under the lease of its current step.
+        yield* repository.cancel(program.runId, "stop")
+        expect(Option.isNone(yield* repository.advanceAndClaim(leaseOf(next), { ...continuation, nextToken: "y" })))
+          .toBe(true)
+        expect(yield* get(program.runId)).toMatchObject({ step: 1, leaseToken: continuation.nextToken })
       }))
 
     test("writeJobData replaces only that job's entry, only while the lease is held", () =>

@@ -430,6 +430,40 @@ export const makeStatements = (
       : Effect.map(prepared.run(statement.text, params), (rows) => rows.length > 0)
   }
 
+  /**
+   * Continuation: the advance and the claim of the next step in one statement, guarded like `advance`. The next step
+   * starts with no retries and no lost runs, due now, leased to `owner` under `nextToken`.
+   */
+  const advanceAndClaimStatement = compileOnce(
+    ["owner", "leaseFor", "nextToken", "runId", "step", "token"],
+    (p) =>
+      sql`UPDATE ${table} SET step = step + 1, step_retry_count = 0, step_lost_count = 0, next_run_at = ${now}, locked_by = ${p.owner}, locked_until = ${
+        plus(p.leaseFor)
+      }, lease_token = ${p.nextToken}, updated_at = ${now} WHERE ${holds(p)}${returning(columns)}`
+  )
+  const advanceAndClaim = (
+    lease: Lease,
+    owner: string,
+    leaseFor: Duration.Duration,
+    nextToken: string
+  ): Effect.Effect<ProgramRecord | undefined, SqlError> => {
+    const params = advanceAndClaimStatement.bind({
+      owner,
+      leaseFor: interval(leaseFor),
+      nextToken,
+      runId: lease.runId,
+      step: lease.step,
+      token: lease.token
+    })
+    return dialect === "mysql"
+      ? Effect.flatMap(sql.unsafe(advanceAndClaimStatement.text, params).raw, (result) =>
+        affectedRows(result) > 0 ? selectOne(lease.runId) : Effect.succeed(undefined))
+      : Effect.map(
+        prepared.run(advanceAndClaimStatement.text, params),
+        (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row)
+      )
+  }
+
   // The rows of one claim share its token: a token fences the claims of one row, so it only has to differ from that
   // row's earlier ones. PostgreSQL skips rows other workers are claiming; SQLite has one writer at a time, so the
   // subquery and the update are one atomic statement. (MySQL takes no LIMIT in an IN subquery: see `claimNext`.)
@@ -649,6 +683,7 @@ export const makeStatements = (
     extendLease: retrying(extendLease),
     writeJobData: retrying(writeJobData),
     advance: retrying(advance),
+    advanceAndClaim: retrying(advanceAndClaim),
     scheduleRetry: retrying(scheduleRetry),
     fail: retrying(fail),
     release: retrying(release),
