@@ -10,6 +10,9 @@
  *   --create-concurrency N  concurrent createProgram calls (BENCH_CREATE_CONCURRENCY, default 16)
  *   --warmup N              programs run through the workers before each measured throughput run, untimed
  *                           (BENCH_WARMUP, default 500; 200 with --quick)
+ *   --min-seconds N         a measured throughput run lasts at least about this long: its program count is raised
+ *                           from the warm-up's rate (BENCH_MIN_SECONDS, default 3; 1 with --quick)
+ *   --no-off-rows           skip the continuation-off runs (maxConsecutiveSteps = 1) beside each throughput mode
  *   --lone N                programs of the isolated-latency mode (BENCH_LONE, default 200)
  *   --growth a,b            finished rows already in the table for the growth mode (BENCH_GROWTH, default 1000,100000)
  *   --repeat N              runs of each throughput and growth measurement; the median is reported (BENCH_REPEAT, 3)
@@ -63,6 +66,8 @@ const options = {
   workers: int("workers", "BENCH_WORKERS", 4, 4),
   createConcurrency: int("create-concurrency", "BENCH_CREATE_CONCURRENCY", 16, 16),
   warmup: int("warmup", "BENCH_WARMUP", 500, 200),
+  minSeconds: int("min-seconds", "BENCH_MIN_SECONDS", 3, 1),
+  offRows: !flag("no-off-rows") && process.env.BENCH_OFF_ROWS !== "0",
   lone: int("lone", "BENCH_LONE", 200, 30),
   repeat: int("repeat", "BENCH_REPEAT", 3, 1),
   pgConnections: int("pg-connections", "BENCH_PG_CONNECTIONS", 16, 16),
@@ -262,6 +267,8 @@ const prefillFinished = async (client: pg.Client, table: string, rows: number, j
 interface ThroughputResult {
   readonly backend: Backend
   readonly processes: number
+  /** The continuation cap the workers ran with; undefined: the executor's default. */
+  readonly maxConsecutiveSteps: number | undefined
   readonly concurrency: number
   readonly programs: number
   readonly steps: number
@@ -278,7 +285,12 @@ interface ThroughputResult {
   readonly seconds: number
 }
 
-const throughputRun = async (backend: Backend, processes: number, prefill = 0): Promise<ThroughputResult> => {
+const throughputRun = async (
+  backend: Backend,
+  processes: number,
+  prefill = 0,
+  maxConsecutiveSteps?: number
+): Promise<ThroughputResult> => {
   const table = uniqueName(`bench_${backend.replace("-", "_")}`)
   const queue = `bench.${table}`
   const sqliteFile = join(scratch, `${table}.db`)
@@ -290,7 +302,8 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     BENCH_CONCURRENCY: String(options.concurrency),
     BENCH_JOBS: String(options.jobs),
     DATABASE_URL: options.databaseUrl,
-    AMQP_URL: options.amqpUrl
+    AMQP_URL: options.amqpUrl,
+    ...(maxConsecutiveSteps === undefined ? {} : { BENCH_MAX_CONSECUTIVE_STEPS: String(maxConsecutiveSteps) })
   }
   const pgClient = backend === "embedded" ? undefined : new pg.Client({ connectionString: options.databaseUrl })
   // A database restart under the bench fails this run (the query rejects); it must not crash the whole bench.
@@ -335,13 +348,22 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     // A worker that has run for a while: its hot path compiled by V8, its pools and channels open. Without this the
     // first second of a short run, interpreted code, weighs on every figure. The warm-up's programs are not measured
     // and the workers count CPU from the mark on.
+    let programs = options.programs
     if (options.warmup > 0) {
-      await runPrograms(options.warmup)
+      // Each process warms up on as many programs as a lone one would: split over 4 processes, 500 programs left each
+      // one less compiled than the single process it was compared with.
+      const warmup = options.warmup * processes
+      const warmupStarted = performance.now()
+      await runPrograms(warmup)
+      // A run must last long enough to measure (BENCHMARKS.md): sized from the warm-up's rate, which a cold start
+      // makes an underestimate, so the measured run lasts at least `minSeconds`.
+      const warmupStepsPerSecond = (warmup * options.jobs) / ((performance.now() - warmupStarted) / 1000)
+      programs = Math.max(programs, Math.ceil((options.minSeconds * 1.2 * warmupStepsPerSecond) / options.jobs))
       for (const worker of workers) worker.send({ t: "mark" })
       await Promise.all(workers.map((worker) => worker.next("marked")))
     }
     const before = await reader.maxId()
-    await runPrograms(options.programs)
+    await runPrograms(programs)
     const timings = await reader.timings(before)
     const stats = await Promise.all(workers.map((worker) => worker.stop()))
     if (creator !== workers[0]) await creator.stop()
@@ -356,6 +378,7 @@ const throughputRun = async (backend: Backend, processes: number, prefill = 0): 
     return {
       backend,
       processes,
+      maxConsecutiveSteps,
       concurrency: options.concurrency,
       programs: timings.length,
       steps: finished.length * options.jobs,
@@ -395,16 +418,18 @@ const deleteQueue = async (queue: string) => {
 }
 
 /** The run whose steps/s is the median of `repeat` runs. */
-const medianRun = async (backend: Backend, processes: number, prefill = 0) => {
+const medianRun = async (backend: Backend, processes: number, prefill = 0, maxConsecutiveSteps?: number) => {
   const runs: Array<ThroughputResult> = []
   for (let i = 0; i < Math.max(1, options.repeat); i++) {
-    const result = await throughputRun(backend, processes, prefill).catch((error) => {
+    const result = await throughputRun(backend, processes, prefill, maxConsecutiveSteps).catch((error) => {
       log(`${backend} ×${processes} run failed: ${error instanceof Error ? error.message : String(error)}`)
       return undefined
     })
     if (result === undefined) continue
     log(
-      `${backend} ×${processes}${prefill > 0 ? ` (+${prefill} rows)` : ""}: ${Math.round(result.stepsPerSecond)} steps/s, p50 ${
+      `${backend} ×${processes}${prefill > 0 ? ` (+${prefill} rows)` : ""}${
+        maxConsecutiveSteps === undefined ? "" : ` (max ${maxConsecutiveSteps} consecutive)`
+      }: ${Math.round(result.stepsPerSecond)} steps/s in ${result.seconds.toFixed(1)} s, p50 ${
         result.latencyP50Millis.toFixed(0)
       } ms, worker CPU ${result.workerCpuMillisPerStep.toFixed(3)} ms/step${result.errored > 0 ? `, ${result.errored} errored` : ""}`
     )
@@ -548,12 +573,12 @@ const markdownTable = (header: ReadonlyArray<string>, rows: ReadonlyArray<Readon
   ].join("\n")
 }
 
-const modeLabel = (backend: Backend, processes: number) =>
-  backend === "embedded"
+const modeLabel = (backend: Backend, processes: number, maxConsecutiveSteps?: number) =>
+  (backend === "embedded"
     ? "embedded (SQLite + SQL queue)"
     : backend === "pg-sql"
     ? `PostgreSQL, SQL queue, ${processes} proc`
-    : `PostgreSQL + RabbitMQ, ${processes} proc`
+    : `PostgreSQL + RabbitMQ, ${processes} proc`) + (maxConsecutiveSteps === 1 ? ", continuation off" : "")
 
 /** Horizontal bars on a log scale (the limits and the modes differ by orders of magnitude on a busy machine). */
 const svgPlot = (
@@ -612,7 +637,7 @@ const plotFromResult = (result: {
 }) =>
   svgPlot(
     result.throughput.map((mode) => ({
-      label: modeLabel(mode.backend, mode.processes),
+      label: modeLabel(mode.backend, mode.processes, mode.maxConsecutiveSteps),
       value: mode.stepsPerSecond,
       limit: mode.limit.value ?? NaN,
       limitLabel: mode.limit.name
@@ -645,12 +670,15 @@ const main = async () => {
     if (result !== undefined) into.push(result)
   }
   if (options.only.has("throughput")) {
-    if (options.modes.has("embedded")) keep(throughput)(await medianRun("embedded", 1))
-    if (options.modes.has("pg-sql")) keep(throughput)(await medianRun("pg-sql", 1))
-    if (options.modes.has("pg-amqp")) keep(throughput)(await medianRun("pg-amqp", 1))
-    if (options.modes.has("pg-amqp-multi") && options.workers > 1) {
-      keep(throughput)(await medianRun("pg-amqp", options.workers))
+    // Each mode with continuation (the default) and, beside it, without (one step per message).
+    const both = async (backend: Backend, processes: number) => {
+      keep(throughput)(await medianRun(backend, processes))
+      if (options.offRows) keep(throughput)(await medianRun(backend, processes, 0, 1))
     }
+    if (options.modes.has("embedded")) await both("embedded", 1)
+    if (options.modes.has("pg-sql")) await both("pg-sql", 1)
+    if (options.modes.has("pg-amqp")) await both("pg-amqp", 1)
+    if (options.modes.has("pg-amqp-multi") && options.workers > 1) await both("pg-amqp", options.workers)
   }
   const lone: Array<LoneResult> = []
   if (options.only.has("lone")) {
@@ -673,19 +701,19 @@ const main = async () => {
   await measureAllLimits()
   summarizeLimits(limits)
 
-  const limitOf = (result: ThroughputResult) => {
-    const concurrency = result.concurrency * result.processes
-    return result.backend === "embedded"
+  // With continuation a step is one guarded UPDATE: every mode is compared with the database's own limit, the
+  // prepared single-row UPDATE (SQLite's for the embedded mode). The relay stays in the limits table.
+  const limitOf = (result: ThroughputResult) =>
+    result.backend === "embedded"
       ? { name: "SQLite UPDATE/s", value: limits.sqliteUpdate ?? NaN }
-      : result.backend === "pg-sql"
-      ? { name: `PG UPDATE/s @${concurrency}`, value: limits.pgUpdate[concurrency] ?? NaN }
-      : { name: `AMQP relay/s @${concurrency}`, value: limits.amqpRelay[concurrency] ?? NaN }
-  }
+      : { name: `PG prepared UPDATE/s @${options.concurrency}`, value: limits.pgUpdateNamed[options.concurrency] ?? NaN }
 
   const throughputTable = markdownTable(
     [
       "mode",
       "conc.",
+      "programs",
+      "run",
       "steps/s",
       "programs/s",
       "latency p50",
@@ -700,8 +728,10 @@ const main = async () => {
     throughput.map((result) => {
       const limit = limitOf(result)
       return [
-        modeLabel(result.backend, result.processes),
+        modeLabel(result.backend, result.processes, result.maxConsecutiveSteps),
         `${result.processes}×${result.concurrency}`,
+        fmt(result.programs),
+        `${fmt(result.seconds, 1)} s`,
         fmt(result.stepsPerSecond),
         fmt(result.programsPerSecond),
         `${fmt(result.latencyP50Millis)} ms`,
@@ -762,7 +792,7 @@ const main = async () => {
     growthRows
   )
   const text = [
-    `program-executor bench, ${started.toISOString()}: ${options.programs} programs × ${options.jobs} no-op jobs, ` +
+    `program-executor bench, ${started.toISOString()}: ≥ ${options.programs} programs × ${options.jobs} no-op jobs per run (≥ ${options.minSeconds} s), ` +
     `concurrency ${options.concurrency}/process, median of ${options.repeat}, ${cpus().length} cores, load ${
       loadavg().map((l) => l.toFixed(1)).join(" ")
     }`,

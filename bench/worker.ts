@@ -77,8 +77,12 @@ const storage = (): Layer.Layer<ProgramRepository | ProgramQueue | ProgramExecut
   }
 }
 
+/** `BENCH_MAX_CONSECUTIVE_STEPS`: the continuation cap (1 = one step per message); unset: the executor's default. */
+const maxConsecutiveSteps = process.env.BENCH_MAX_CONSECUTIVE_STEPS
+
 const config = ExecutorConfig.layer({
   concurrency,
+  ...(maxConsecutiveSteps === undefined ? {} : { maxConsecutiveSteps: Number(maxConsecutiveSteps) }),
   workerId: `bench-${process.pid}`,
   // Nothing is lost in a bench: keep the sweeper out of the measurement.
   sweepInterval: Duration.minutes(10),
