@@ -14,7 +14,13 @@ import {
   status,
   storableText
 } from "../Program.js"
-import type { ChangedProgram, InsertedProgram, Lease, ProgramRepository } from "../ProgramRepository.js"
+import {
+  type ChangedProgram,
+  type InsertedProgram,
+  type Lease,
+  type ProgramRepository,
+  RepositoryError
+} from "../ProgramRepository.js"
 
 /** Stored values go through JSON, as they do in SQL, so memory-backed tests catch what a database would. */
 const jsonCopy = <A>(value: A): A => JSON.parse(JSON.stringify(value))
@@ -101,8 +107,13 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
     "insertMany" | "cancelBatch" | "resumeBatch" | "pruneBatch" | "countPrunable"
   > = {
     insertMany: (programs) =>
-      Effect.flatMap(now, (at) =>
-        Ref.modify(rows, (map): [ReadonlyArray<InsertedProgram>, Map<string, ProgramRecord>] => {
+      Effect.flatMap(now, (at) => {
+        const runIds = new Set(programs.map((program) => program.runId))
+        return Ref.modify(rows, (map): [Option.Option<ReadonlyArray<InsertedProgram>>, Map<string, ProgramRecord>] => {
+          // As the run_id unique index: a duplicate fails the whole call, and nothing is stored.
+          if (runIds.size < programs.length || programs.some((program) => map.has(program.runId))) {
+            return [Option.none(), map]
+          }
           const byKey = new Map<string, ProgramRecord>()
           for (const row of map.values()) if (row.idempotencyKey !== null) byKey.set(row.idempotencyKey, row)
           const result = programs.map((program): InsertedProgram => {
@@ -113,8 +124,14 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             if (row.idempotencyKey !== null) byKey.set(row.idempotencyKey, row)
             return { program: row, created: true }
           })
-          return [result, map]
-        })),
+          return [Option.some(result), map]
+        }).pipe(
+          Effect.flatMap(Option.match({
+            onNone: () => Effect.fail(new RepositoryError({ message: "inserting the programs failed: duplicate runId" })),
+            onSome: Effect.succeed
+          }))
+        )
+      }),
 
     cancelBatch: (filter, reason, page) =>
       updateBatch(

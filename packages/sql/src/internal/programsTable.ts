@@ -697,7 +697,7 @@ export const makeStatements = (
     Effect.gen(function*() {
       const json = (value: unknown) =>
         dialect === "pg" ? sql`${JSON.stringify(value ?? null)}::jsonb` : sql`${JSON.stringify(value ?? null)}`
-      const values = programs.map((program) => {
+      const row = (program: Program.NewProgram) => {
         const nextRunAt = program.startAt !== undefined
           ? timestampParam(program.startAt)
           : program.startAfter !== undefined
@@ -706,14 +706,20 @@ export const makeStatements = (
         return sql`(${program.runId}, ${json(program.programData)}, ${json(program.jobs)}, ${
           json(program.jobData)
         }, 0, 0, ${now}, ${now}, ${nextRunAt}, ${program.idempotencyKey ?? null})`
-      })
-      const head =
+      }
+      const insertInto = (rows: ReadonlyArray<Program.NewProgram>) =>
         sql`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at, idempotency_key) VALUES ${
-          sql.csv(values)
+          sql.csv(rows.map(row))
         }`
+      const head = insertInto(programs)
       const byRunId = new Map<string, ProgramRecord>()
       if (dialect === "mysql") {
-        yield* sql`${head} ON DUPLICATE KEY UPDATE id = id`.raw
+        // ON DUPLICATE KEY covers every unique index: programs without a key go in a plain INSERT, so that a duplicate
+        // runId still fails the call there, as ON CONFLICT (idempotency_key) lets it fail elsewhere.
+        const keyed = programs.filter((program) => program.idempotencyKey !== undefined)
+        const plain = programs.filter((program) => program.idempotencyKey === undefined)
+        if (plain.length > 0) yield* insertInto(plain).raw
+        if (keyed.length > 0) yield* sql`${insertInto(keyed)} ON DUPLICATE KEY UPDATE id = id`.raw
       } else {
         const rows = yield* sql<Row>`${head} ON CONFLICT (idempotency_key) DO NOTHING RETURNING ${columns}`
           .withoutTransform
