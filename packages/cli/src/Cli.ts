@@ -10,10 +10,19 @@ import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as Usage from "@effect/cli/Usage"
 import * as ValidationError from "@effect/cli/ValidationError"
-import { Executor, ExecutorConfig, type Job, JobLibrary, ProgramExecutor, ProgramNotFoundError } from "@program-executor/core"
+import {
+  Executor,
+  ExecutorConfig,
+  type Job,
+  JobLibrary,
+  type Program,
+  ProgramExecutor,
+  ProgramNotFoundError
+} from "@program-executor/core"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import { identity } from "effect/Function"
 import * as HashMap from "effect/HashMap"
@@ -184,7 +193,22 @@ const jobData = Options.text("job-data").pipe(
 )
 const programFile = Options.text("file").pipe(
   Options.withAlias("f"),
-  Options.withDescription("Read { jobs, programData, jobData } as JSON from a file, or from stdin with -"),
+  Options.withDescription(
+    "Read { jobs, programData, jobData } as JSON from a file, or from stdin with -; a JSON array creates them all at once"
+  ),
+  Options.optional
+)
+const idempotencyKey = Options.text("idempotency-key").pipe(
+  Options.withAlias("k"),
+  Options.withDescription("At most one program per key: a second create with it prints the first one's runId"),
+  Options.optional
+)
+const startAfter = Options.text("start-after").pipe(
+  Options.withDescription("The first step runs no earlier than this, e.g. \"10 minutes\", \"90s\", \"2h\""),
+  Options.optional
+)
+const startAt = Options.text("start-at").pipe(
+  Options.withDescription("The first step runs no earlier than this time (ISO 8601)"),
   Options.optional
 )
 
@@ -202,21 +226,55 @@ const readInput = (path: string): Effect.Effect<string, CliError> =>
 
 const create = Command.make(
   "create",
-  { ...backendOptions, jobs: jobNames, programData, jobData, file: programFile, json },
+  {
+    ...backendOptions,
+    jobs: jobNames,
+    programData,
+    jobData,
+    file: programFile,
+    json,
+    idempotencyKey,
+    startAfter,
+    startAt
+  },
   (flags) =>
     Effect.gen(function*() {
-      const fromFile = yield* Option.match(flags.file, {
-        onNone: () => Effect.succeed({} as Record<string, unknown>),
+      const fileContent = yield* Option.match(flags.file, {
+        onNone: () => Effect.succeed({} as unknown),
         onSome: (path) =>
           readInput(path).pipe(
             Effect.flatMap((text) => parseJson(path === "-" ? "stdin" : path, text)),
             Effect.filterOrFail(
-              Predicate.isRecord,
-              () => new CliError({ message: "the program file must hold a JSON object { jobs, programData, jobData }" })
+              (value) => Predicate.isRecord(value) || Array.isArray(value),
+              () =>
+                new CliError({
+                  message: "the program file must hold a JSON object { jobs, programData, jobData } or an array of them"
+                })
             )
           )
       })
-      const input: Record<string, unknown> = { ...fromFile }
+      const startAfterValue = yield* Option.match(flags.startAfter, {
+        onNone: () => Effect.succeed(undefined),
+        onSome: (text) => Effect.map(parseDuration("--start-after", text), Duration.toMillis)
+      })
+      const given = {
+        ...Option.match(flags.idempotencyKey, { onNone: () => ({}), onSome: (key) => ({ idempotencyKey: key }) }),
+        ...(startAfterValue === undefined ? {} : { startAfter: startAfterValue }),
+        ...Option.match(flags.startAt, { onNone: () => ({}), onSome: (at) => ({ startAt: at }) })
+      }
+      if (Array.isArray(fileContent)) {
+        if (flags.jobs.length > 0 || Option.isSome(flags.programData) || Option.isSome(flags.jobData)) {
+          return yield* new CliError({ message: "a file with an array of programs takes no job names or data flags" })
+        }
+        if (Option.isSome(flags.idempotencyKey)) {
+          return yield* new CliError({ message: "--idempotency-key names one program: give keys in the file instead" })
+        }
+        const inputs = fileContent.map((entry) => Predicate.isRecord(entry) ? { ...given, ...entry } : entry)
+        const runIds = yield* withBackend(flags, ProgramExecutor.createPrograms(inputs as any))
+        yield* Console.log(flags.json ? JSON.stringify({ runIds }) : runIds.join("\n"))
+        return
+      }
+      const input: Record<string, unknown> = { ...(fileContent as Record<string, unknown>), ...given }
       if (flags.jobs.length > 0) input.jobs = flags.jobs
       if (Option.isSome(flags.programData)) input.programData = yield* parseJson("--program-data", flags.programData.value)
       if (Option.isSome(flags.jobData)) input.jobData = yield* parseJson("--job-data", flags.jobData.value)
@@ -226,7 +284,80 @@ const create = Command.make(
       const runId = yield* withBackend(flags, ProgramExecutor.createProgram(input as any))
       yield* Console.log(flags.json ? JSON.stringify({ runId }) : runId)
     })
-).pipe(Command.withDescription("Create a program and print its runId"))
+).pipe(Command.withDescription("Create a program (or, from a file holding an array, several) and print its runId(s)"))
+
+// Search and bulk filters, shared by list, cancel and resume.
+
+const jobFilter = Options.text("job").pipe(
+  Options.withDescription("Only programs whose current job is this one"),
+  Options.optional
+)
+const dataFilter = Options.text("data").pipe(
+  Options.withDescription("Only programs whose programData contains this JSON object, e.g. '{\"shop\":1}'"),
+  Options.optional
+)
+const runIdPrefix = Options.text("run-id-prefix").pipe(
+  Options.withDescription("Only programs whose runId starts with this"),
+  Options.optional
+)
+const createdAfter = Options.text("created-after").pipe(
+  Options.withDescription("Only programs created at or after this time (ISO 8601)"),
+  Options.optional
+)
+const createdBefore = Options.text("created-before").pipe(
+  Options.withDescription("Only programs created before this time (ISO 8601)"),
+  Options.optional
+)
+const searchOptions = { job: jobFilter, data: dataFilter, runIdPrefix, createdAfter, createdBefore }
+
+const parseDate = (flag: string, text: string): Effect.Effect<Date, CliError> => {
+  const date = new Date(text)
+  return Number.isNaN(date.getTime())
+    ? Effect.fail(new CliError({ message: `${flag}: not a date: ${JSON.stringify(text)} (use ISO 8601)` }))
+    : Effect.succeed(date)
+}
+
+const units: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }
+
+/** `30d`, `12h`, `90s`, `500ms`, or what `Duration` reads (`"10 minutes"`). */
+const parseDuration = (flag: string, text: string): Effect.Effect<Duration.Duration, CliError> => {
+  const short = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$/.exec(text)
+  const duration = short !== null
+    ? Option.some(Duration.millis(Number(short[1]) * units[short[2]!]!))
+    : Duration.decodeUnknown(text.trim())
+  return Option.isSome(duration) && Duration.isFinite(duration.value)
+    ? Effect.succeed(duration.value)
+    : Effect.fail(
+      new CliError({ message: `${flag}: not a duration: ${JSON.stringify(text)} (e.g. 30d, 12h, 90s, "10 minutes")` })
+    )
+}
+
+interface SearchFlags {
+  readonly job: Option.Option<string>
+  readonly data: Option.Option<string>
+  readonly runIdPrefix: Option.Option<string>
+  readonly createdAfter: Option.Option<string>
+  readonly createdBefore: Option.Option<string>
+}
+
+const searchFilter = (flags: SearchFlags): Effect.Effect<Program.ProgramFilter, CliError> =>
+  Effect.gen(function*() {
+    const filter: { -readonly [K in keyof Program.ProgramFilter]: Program.ProgramFilter[K] } = {}
+    if (Option.isSome(flags.job)) filter.job = flags.job.value
+    if (Option.isSome(flags.runIdPrefix)) filter.runIdPrefix = flags.runIdPrefix.value
+    if (Option.isSome(flags.createdAfter)) filter.createdAfter = yield* parseDate("--created-after", flags.createdAfter.value)
+    if (Option.isSome(flags.createdBefore)) {
+      filter.createdBefore = yield* parseDate("--created-before", flags.createdBefore.value)
+    }
+    if (Option.isSome(flags.data)) {
+      const data = yield* parseJson("--data", flags.data.value)
+      if (!Predicate.isRecord(data) || Array.isArray(data)) {
+        return yield* new CliError({ message: "--data must be a JSON object" })
+      }
+      filter.dataContains = data
+    }
+    return filter
+  })
 
 // list
 
@@ -251,17 +382,25 @@ const limit = Options.integer("limit").pipe(
   Options.withDefault(50)
 )
 
+const afterId = Options.integer("after").pipe(
+  Options.withDescription("Only programs after this id in the order: the last id of the previous page"),
+  Options.optional
+)
+
 const list = Command.make(
   "list",
-  { ...backendOptions, inProgress, status, retryCountGte, order, limit, json },
+  { ...backendOptions, inProgress, status, retryCountGte, order, limit, json, ...searchOptions, after: afterId },
   (flags) =>
     Effect.gen(function*() {
+      const search = yield* searchFilter(flags)
       const programs = yield* withBackend(
         flags,
         ProgramExecutor.list({
           inProgressOnly: flags.inProgress,
           ...Option.match(flags.status, { onNone: () => ({}), onSome: (value) => ({ status: value }) }),
           ...Option.match(flags.retryCountGte, { onNone: () => ({}), onSome: (value) => ({ stepRetryCountGte: value }) }),
+          ...search,
+          ...Option.match(flags.after, { onNone: () => ({}), onSome: (value) => ({ after: value }) }),
           orderBy: "id",
           order: flags.order,
           limit: flags.limit
@@ -301,25 +440,154 @@ const reason = Options.text("reason").pipe(
   Options.withDefault("cancelled")
 )
 
+const optionalRunId = Args.text({ name: "runId" }).pipe(
+  Args.withDescription("The program's runId (or select programs with --filter and the search flags)"),
+  Args.optional
+)
+const filterJson = Options.text("filter").pipe(
+  Options.withDescription(
+    "Select programs with a JSON filter: { status, stepRetryCountGte, job, createdAfter, createdBefore, runIdPrefix, " +
+      "dataContains }; the search flags add to it"
+  ),
+  Options.optional
+)
+const erroredOnly = Options.boolean("errored").pipe(
+  Options.withDescription("Resume every errored program matching the search flags (and --filter)")
+)
+const bulkStatus = Options.choice("status", ["in_progress", "finished", "errored"]).pipe(
+  Options.withDescription("Only programs with this status"),
+  Options.optional
+)
+const bulkRetryCountGte = Options.integer("retry-count-gte").pipe(
+  Options.withDescription("Only programs whose current step was retried at least this many times"),
+  Options.optional
+)
+
+interface BulkFlags extends SearchFlags {
+  readonly filter: Option.Option<string>
+  readonly status: Option.Option<"in_progress" | "finished" | "errored">
+  readonly retryCountGte: Option.Option<number>
+}
+
+/** The filter of a bulk command: --filter's JSON, then the flags; None when none of them was given. */
+const bulkFilter = (flags: BulkFlags): Effect.Effect<Option.Option<Program.ProgramFilter>, CliError> =>
+  Effect.gen(function*() {
+    const search = yield* searchFilter(flags)
+    let base: Record<string, unknown> = {}
+    if (Option.isSome(flags.filter)) {
+      const parsed = yield* parseJson("--filter", flags.filter.value)
+      if (!Predicate.isRecord(parsed) || Array.isArray(parsed)) {
+        return yield* new CliError({ message: "--filter must be a JSON object" })
+      }
+      base = { ...parsed }
+      for (const name of ["createdAfter", "createdBefore"] as const) {
+        if (typeof base[name] === "string") base[name] = yield* parseDate(`--filter ${name}`, base[name] as string)
+      }
+    }
+    const filter: Program.ProgramFilter = {
+      ...base,
+      ...Option.match(flags.status, { onNone: () => ({}), onSome: (value) => ({ status: value }) }),
+      ...Option.match(flags.retryCountGte, { onNone: () => ({}), onSome: (value) => ({ stepRetryCountGte: value }) }),
+      ...search
+    }
+    const given = Option.isSome(flags.filter) || Option.isSome(flags.status) || Option.isSome(flags.retryCountGte) ||
+      Object.keys(search).length > 0
+    return given ? Option.some(filter) : Option.none()
+  })
+
+const bulkOptions = {
+  filter: filterJson,
+  status: bulkStatus,
+  retryCountGte: bulkRetryCountGte,
+  ...searchOptions
+}
+
 const cancel = Command.make(
   "cancel",
-  { ...backendOptions, runId, reason },
+  { ...backendOptions, runId: optionalRunId, reason, ...bulkOptions },
   (flags) =>
-    withBackend(flags, ProgramExecutor.cancel(flags.runId, flags.reason)).pipe(
-      Effect.zipRight(Console.log(`cancelled ${flags.runId}`))
-    )
-).pipe(Command.withDescription("Cancel a program: sets errored_at; a running job is interrupted at its next heartbeat"))
+    Effect.gen(function*() {
+      const filter = yield* bulkFilter(flags)
+      if (Option.isSome(flags.runId)) {
+        if (Option.isSome(filter)) return yield* new CliError({ message: "give a runId or a filter, not both" })
+        yield* withBackend(flags, ProgramExecutor.cancel(flags.runId.value, flags.reason))
+        return yield* Console.log(`cancelled ${flags.runId.value}`)
+      }
+      if (Option.isNone(filter)) {
+        return yield* new CliError({ message: "name a runId, or select programs with --filter or the search flags" })
+      }
+      const count = yield* withBackend(flags, ProgramExecutor.cancelMany(filter.value, flags.reason))
+      yield* Console.log(`cancelled ${count} program${count === 1 ? "" : "s"}`)
+    })
+).pipe(
+  Command.withDescription(
+    "Cancel a program, or every program in progress a filter selects: sets errored_at; a running job is interrupted " +
+      "at its next heartbeat"
+  )
+)
 
 const resume = Command.make(
   "resume",
-  { ...backendOptions, runId },
+  { ...backendOptions, runId: optionalRunId, errored: erroredOnly, ...bulkOptions },
   (flags) =>
-    withBackend(flags, ProgramExecutor.resume(flags.runId)).pipe(
-      Effect.flatMap((program) =>
-        Console.log(`resumed ${flags.runId} at step ${program.step + 1}/${program.jobs.length}`)
+    Effect.gen(function*() {
+      const filter = yield* bulkFilter(flags)
+      if (Option.isSome(flags.runId)) {
+        if (Option.isSome(filter) || flags.errored) {
+          return yield* new CliError({ message: "give a runId or a filter, not both" })
+        }
+        const program = yield* withBackend(flags, ProgramExecutor.resume(flags.runId.value))
+        return yield* Console.log(`resumed ${flags.runId.value} at step ${program.step + 1}/${program.jobs.length}`)
+      }
+      if (!flags.errored && Option.isNone(filter)) {
+        return yield* new CliError({ message: "name a runId, or select programs with --errored and the search flags" })
+      }
+      const count = yield* withBackend(flags, ProgramExecutor.resumeMany(Option.getOrElse(filter, () => ({}))))
+      yield* Console.log(`resumed ${count} program${count === 1 ? "" : "s"}`)
+    })
+).pipe(
+  Command.withDescription(
+    "Run an errored or cancelled program again from the step where it stopped; with --errored, every one selected"
+  )
+)
+
+// prune
+
+const olderThan = Options.text("older-than").pipe(
+  Options.withDescription("Delete programs finished longer ago than this (30d, 12h, \"10 minutes\")")
+)
+const erroredOlderThan = Options.text("errored-older-than").pipe(
+  Options.withDescription("Delete errored (failed or cancelled) programs older than this. Default: --older-than"),
+  Options.optional
+)
+const dryRun = Options.boolean("dry-run").pipe(Options.withDescription("Count what would be deleted, delete nothing"))
+
+const prune = Command.make(
+  "prune",
+  { ...backendOptions, olderThan, erroredOlderThan, dryRun, json },
+  (flags) =>
+    Effect.gen(function*() {
+      const finishedAge = yield* parseDuration("--older-than", flags.olderThan)
+      const erroredAge = yield* Option.match(flags.erroredOlderThan, {
+        onNone: () => Effect.succeed(finishedAge),
+        onSome: (text) => parseDuration("--errored-older-than", text)
+      })
+      const now = Date.now()
+      const result = yield* withBackend(
+        flags,
+        ProgramExecutor.prune({
+          finishedBefore: new Date(now - Duration.toMillis(finishedAge)),
+          erroredBefore: new Date(now - Duration.toMillis(erroredAge)),
+          dryRun: flags.dryRun
+        })
       )
-    )
-).pipe(Command.withDescription("Run an errored or cancelled program again from the step where it stopped"))
+      yield* Console.log(
+        flags.json
+          ? JSON.stringify(result)
+          : `${result.dryRun ? "would delete" : "deleted"} ${result.finished} finished and ${result.errored} errored programs`
+      )
+    })
+).pipe(Command.withDescription("Delete finished and errored programs older than a cutoff, in small batches"))
 
 const migrate = Command.make(
   "migrate",
@@ -333,7 +601,7 @@ export const command = Command.make("program-executor").pipe(
   Command.withDescription(
     "Fault-tolerant programs of jobs. Without --database-url / DATABASE_URL, everything runs on ./program-executor.db"
   ),
-  Command.withSubcommands([worker, create, list, show, cancel, resume, migrate])
+  Command.withSubcommands([worker, create, list, show, cancel, resume, migrate, prune])
 )
 
 export const messageOf = (error: unknown): string => {

@@ -14,7 +14,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { AmqpConnection, AmqpProgramQueue } from "@program-executor/amqp"
-import type { ProgramRecord } from "@program-executor/core"
+import type { Program, ProgramRecord } from "@program-executor/core"
 import {
   Executor,
   ExecutorConfig,
@@ -133,12 +133,16 @@ export class ProgramExecutor extends EventEmitter {
   }
 
   /** Stores the program and queues its first job; resolves with its runId (a UUID). */
-  createProgram(program: {
-    readonly jobs: ReadonlyArray<string>
-    readonly programData?: Record<string, unknown>
-    readonly jobData?: Record<string, unknown>
-  }): Promise<string> {
+  createProgram(program: Program.CreateProgramInput): Promise<string> {
     return toPromise(this.#runtime, ProgramExecutorService.createProgram(program))
+  }
+
+  /**
+   * Stores several programs at once (multi-row inserts, all or none) and queues their first jobs; resolves with their
+   * runIds in order. Each may carry an `idempotencyKey`, `startAt` or `startAfter`, as `createProgram` may.
+   */
+  createPrograms(programs: ReadonlyArray<Program.CreateProgramInput>): Promise<ReadonlyArray<string>> {
+    return toPromise(this.#runtime, ProgramExecutorService.createPrograms(programs))
   }
 
   /** The program's row, or `undefined`. */

@@ -103,7 +103,16 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
         )
       ),
     findStale: ({ idleFor, limit, queueHead }) =>
-      Effect.mapError(table.findStale(idleFor, limit, queueHead), toRepositoryError("looking for stale steps"))
+      Effect.mapError(table.findStale(idleFor, limit, queueHead), toRepositoryError("looking for stale steps")),
+    insertMany: (programs) => Effect.mapError(table.insertMany(programs), toRepositoryError("inserting the programs")),
+    cancelBatch: (filter, reason, page) =>
+      Effect.mapError(table.cancelBatch(filter, reason, page), toRepositoryError("cancelling programs")),
+    resumeBatch: (filter, page) =>
+      Effect.mapError(table.resumeBatch(filter, page), toRepositoryError("resuming programs")),
+    pruneBatch: (kind, before, limit) =>
+      Effect.mapError(table.pruneBatch(kind, before, limit), toRepositoryError(`pruning ${kind} programs`)),
+    countPrunable: (kind, before) =>
+      Effect.mapError(table.countPrunable(kind, before), toRepositoryError(`counting ${kind} programs to prune`))
   }
 }
 

@@ -1053,5 +1053,157 @@ export const executorConformance = (
             expect(new Set(runs.map((execution) => `${execution.runId}/${execution.step}`)).size).toBe(60 * 4)
           }))
       }))
+
+    it.scopedLive("createPrograms stores and runs every program; one invalid input stores none", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        yield* run([recorded(log, "a"), recorded(log, "b")], (workers) =>
+          Effect.gen(function*() {
+            const invalid = yield* Effect.flip(ProgramExecutor.createPrograms([
+              { jobs: ["a"] },
+              { jobs: ["a"], jobData: { b: {} } }
+            ]))
+            expect(invalid).toBeInstanceOf(InvalidProgramError)
+            expect(invalid.message).toContain("inputs[1]: invalid program: jobData")
+            expect((yield* Effect.flip(ProgramExecutor.createPrograms("x" as any)))._tag).toBe("InvalidProgramError")
+            expect(yield* ProgramExecutor.list()).toEqual([])
+            expect(yield* ProgramExecutor.createPrograms([])).toEqual([])
+
+            yield* workers.start()
+            const runIds = yield* ProgramExecutor.createPrograms(
+              Array.from({ length: 30 }, (_, n) => ({ jobs: ["a", "b"], programData: { n } }))
+            )
+            expect(new Set(runIds).size).toBe(30)
+            const programs = yield* awaitAll(runIds)
+            expect(programs.map((program) => program.programData)).toEqual(runIds.map((_, n) => ({ n })))
+            expect(programs.every((program) => program.finishedAt !== null)).toBe(true)
+            expect((yield* Ref.get(log)).length).toBe(60)
+          }))
+      }))
+
+    it.scopedLive("an idempotency key: every create returns the first program's runId, and it runs once", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        yield* run([recorded(log, "a"), recorded(log, "b")], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const runIds = yield* Effect.forEach(
+              Array.from({ length: 10 }),
+              (_, n) => ProgramExecutor.createProgram({ jobs: ["a"], programData: { n }, idempotencyKey: "order-7" }),
+              { concurrency: "unbounded" }
+            )
+            expect(new Set(runIds).size).toBe(1)
+            yield* awaitProgram(runIds[0]!)
+            // Finished, and a different program under the same key: still the same one, nothing created.
+            const again = yield* ProgramExecutor.createProgram({ jobs: ["b"], idempotencyKey: "order-7" })
+            const batch = yield* ProgramExecutor.createPrograms([
+              { jobs: ["a"], idempotencyKey: "order-7" },
+              { jobs: ["a"], idempotencyKey: "order-8" },
+              { jobs: ["a"], idempotencyKey: "order-8" }
+            ])
+            expect(again).toBe(runIds[0])
+            expect(batch[0]).toBe(runIds[0])
+            expect(batch[1]).toBe(batch[2])
+            yield* awaitProgram(batch[1]!)
+            expect((yield* ProgramExecutor.list()).length).toBe(2)
+            expect((yield* Ref.get(log)).map((execution) => execution.job)).toEqual(["a", "a"])
+            const invalid = yield* Effect.flip(ProgramExecutor.createProgram({ jobs: ["a"], idempotencyKey: "" }))
+            expect(invalid.message).toContain("idempotencyKey")
+          }))
+      }))
+
+    it.scopedLive("a delayed start: the first step runs once it is due, not before, whatever the sweeper does", () =>
+      Effect.gen(function*() {
+        const ranAt = yield* Deferred.make<number>()
+        const timed = Job.make("timed", Effect.flatMap(Effect.sync(() => Date.now()), (now) => Deferred.succeed(ranAt, now)))
+        yield* run([timed], (workers) =>
+          Effect.gen(function*() {
+            yield* workers.start()
+            const before = Date.now()
+            // Longer than staleAfter (500 ms): a sweeper that ignored next_run_at would wake it early.
+            const runId = yield* ProgramExecutor.createProgram({ jobs: ["timed"], startAfter: "1200 millis" })
+            const ran = yield* Deferred.await(ranAt).pipe(Effect.timeout("20 seconds"))
+            // The database's clock is this machine's; MySQL keeps milliseconds, truncated.
+            expect(ran).toBeGreaterThanOrEqual(before + 1200 - 2)
+            const program = yield* awaitProgram(runId)
+            expect(program.finishedAt).not.toBeNull()
+
+            const at = new Date(Date.now() + 800)
+            const later = yield* ProgramExecutor.createProgram({ jobs: ["timed"], startAt: at.toISOString() })
+            expect((yield* ProgramExecutor.get(later).pipe(Effect.map(Option.getOrThrow))).nextRunAt.getTime())
+              .toBe(at.getTime())
+            const both = yield* Effect.flip(
+              ProgramExecutor.createProgram({ jobs: ["timed"], startAt: at, startAfter: 10 })
+            )
+            expect(both.message).toContain("not both")
+            for (const startAfter of [-1, "soon", Infinity]) {
+              const error = yield* Effect.flip(ProgramExecutor.createProgram({ jobs: ["timed"], startAfter } as any))
+              expect(error.message).toContain("startAfter")
+            }
+            expect((yield* Effect.flip(ProgramExecutor.createProgram({ jobs: ["timed"], startAt: "never" }))).message)
+              .toContain("startAt")
+          }))
+      }))
+
+    it.scopedLive("cancelMany and resumeMany change the programs matching the filter and return how many", () =>
+      Effect.gen(function*() {
+        const log = yield* Ref.make<ReadonlyArray<Execution>>([])
+        const broken = yield* Ref.make(true)
+        const report = recorded(log, "send_report", () =>
+          Effect.flatMap(Ref.get(broken), (isBroken) =>
+            isBroken ? Effect.fail(new FatalError({ message: "mail server down" })) : Effect.void))
+        yield* run([recorded(log, "a"), report], (workers) =>
+          Effect.gen(function*() {
+            // Not started yet: nothing runs until the workers start.
+            const waiting = yield* ProgramExecutor.createPrograms(
+              Array.from({ length: 4 }, (_, n) => ({ jobs: ["a"], programData: { group: n < 3 ? "x" : "y" } }))
+            )
+            expect(yield* ProgramExecutor.cancelMany({ dataContains: { group: "x" } }, "not needed")).toBe(3)
+            expect(yield* ProgramExecutor.cancelMany({ dataContains: { group: "x" } })).toBe(0)
+            expect((yield* Effect.flip(ProgramExecutor.cancelMany({ stepRetryCountGte: -1 })))._tag)
+              .toBe("InvalidProgramError")
+            yield* workers.start()
+            const done = yield* awaitProgram(waiting[3]!)
+            expect(done.finishedAt).not.toBeNull()
+            const cancelled = yield* awaitProgram(waiting[0]!)
+            expect(cancelled.errorMessage).toBe("not needed")
+
+            const reports = yield* ProgramExecutor.createPrograms(
+              Array.from({ length: 3 }, () => ({ jobs: ["a", "send_report"] }))
+            )
+            const failed = yield* awaitAll(reports)
+            expect(failed.every((program) => program.erroredAt !== null && program.step === 1)).toBe(true)
+            yield* Ref.set(broken, false)
+            expect(yield* ProgramExecutor.resumeMany({ status: "errored", job: "send_report" })).toBe(3)
+            const resumed = yield* awaitAll(reports)
+            expect(resumed.every((program) => program.finishedAt !== null)).toBe(true)
+            // The cancelled ones were not resumed (their current job is "a").
+            expect((yield* ProgramExecutor.get(waiting[0]!).pipe(Effect.map(Option.getOrThrow))).erroredAt).not.toBeNull()
+          }))
+      }))
+
+    it.scopedLive("prune deletes finished and errored programs older than the cutoffs; dryRun only counts", () =>
+      run([Job.make("a", Effect.void)], (workers) =>
+        Effect.gen(function*() {
+          yield* workers.start()
+          const finished = yield* ProgramExecutor.createPrograms([{ jobs: ["a"] }, { jobs: ["a"] }])
+          yield* awaitAll(finished)
+          const errored = yield* ProgramExecutor.createProgram({ jobs: ["a"], startAfter: "1 hour" })
+          yield* ProgramExecutor.cancel(errored)
+          const waiting = yield* ProgramExecutor.createProgram({ jobs: ["a"], startAfter: "1 hour" })
+          const future = new Date(Date.now() + 60_000)
+          const all = { finishedBefore: future, erroredBefore: future }
+          expect(yield* ProgramExecutor.prune({ ...all, dryRun: true })).toEqual({ finished: 2, errored: 1, dryRun: true })
+          expect((yield* ProgramExecutor.list()).length).toBe(4)
+          expect(yield* ProgramExecutor.prune({ finishedBefore: new Date(0), erroredBefore: new Date(0) })).toEqual({
+            finished: 0,
+            errored: 0,
+            dryRun: false
+          })
+          expect(yield* ProgramExecutor.prune({ ...all, batchSize: 1 })).toEqual({ finished: 2, errored: 1, dryRun: false })
+          expect((yield* ProgramExecutor.list()).map((program) => program.runId)).toEqual([waiting])
+          expect((yield* Effect.flip(ProgramExecutor.prune({ finishedBefore: new Date(NaN) })))._tag)
+            .toBe("InvalidProgramError")
+        })))
   })
 

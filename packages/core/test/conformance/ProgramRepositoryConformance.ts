@@ -695,5 +695,238 @@ export const programRepositoryConformance = (
         expect(claimedCorrupt.corruption).toMatch(/jobs/)
         expect(yield* repository.fail(leaseOf(claimedCorrupt), claimedCorrupt.corruption!)).toBe(true)
       }))
+
+    // Batch creation, idempotency keys, delayed start, search, bulk operations and retention.
+
+    const newProgram = (program: Partial<Program.NewProgram> = {}): Program.NewProgram => ({
+      runId: randomUUID(),
+      jobs: ["first", "second"],
+      programData: {},
+      jobData: {},
+      ...program
+    })
+    const finishOne = (program: ProgramRecord) =>
+      Effect.flatMap(repo, (repository) =>
+        Effect.flatMap(claimed({ runId: program.runId, step: program.step }), (row) =>
+          repository.advance(leaseOf(row), { finished: true })))
+    const count = Effect.flatMap(repo, (repository) =>
+      Effect.map(repository.list({ limit: 100_000 }), (rows) => rows.length))
+
+    test("insertMany stores every program in input order, at step 0, due now", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const inputs = [0, 1, 2].map((shop) => newProgram({ programData: { shop }, jobData: { first: { n: shop } } }))
+        const inserted = yield* repository.insertMany(inputs)
+        expect(inserted.map((entry) => entry.created)).toEqual([true, true, true])
+        expect(inserted.map((entry) => entry.program.runId)).toEqual(inputs.map((input) => input.runId))
+        expect(inserted.map((entry) => entry.program.programData)).toEqual([{ shop: 0 }, { shop: 1 }, { shop: 2 }])
+        for (const { program } of inserted) {
+          expect(program).toMatchObject({ step: 0, stepRetryCount: 0, finishedAt: null, idempotencyKey: null })
+          expect(yield* get(program.runId)).toEqual(program)
+          expect(Option.isSome(yield* claim({ runId: program.runId, step: 0 }))).toBe(true)
+        }
+        expect(yield* repository.insertMany([])).toEqual([])
+      }))
+
+    test("insertMany stores one program per idempotency key, whatever the program's state or content", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const [first, again] = yield* repository.insertMany([
+          newProgram({ idempotencyKey: "order-1", programData: { n: 1 } }),
+          newProgram({ idempotencyKey: "order-1", programData: { n: 2 } })
+        ])
+        expect(first!.created).toBe(true)
+        expect(first!.program.idempotencyKey).toBe("order-1")
+        expect(again).toEqual({ program: first!.program, created: false })
+        yield* finishOne(first!.program)
+        const [later, other, plain] = yield* repository.insertMany([
+          newProgram({ idempotencyKey: "order-1", jobs: ["different"] }),
+          newProgram({ idempotencyKey: "order-2" }),
+          newProgram()
+        ])
+        expect(later!.created).toBe(false)
+        expect(later!.program.runId).toBe(first!.program.runId)
+        expect(later!.program.finishedAt).toBeInstanceOf(Date)
+        expect(later!.program.jobs).toEqual(["first", "second"])
+        expect(other!.created).toBe(true)
+        expect(plain!.created).toBe(true)
+        expect(yield* count).toBe(3)
+      }))
+
+    test("insertMany stores nothing when one program cannot be stored, across chunks", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const inputs = Array.from({ length: 1001 }, () => newProgram({ jobs: ["only"] }))
+        const duplicate = { ...inputs[0]!, runId: inputs[0]!.runId }
+        const outcome = yield* repository.insertMany([...inputs, duplicate]).pipe(
+          Effect.match({ onFailure: (error) => error._tag, onSuccess: (stored) => `stored ${stored.length}` })
+        )
+        expect(outcome).toBe("RepositoryError")
+        expect(yield* count).toBe(0)
+      }))
+
+    test("insertMany with startAfter or startAt: the first step is not claimable before then", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const startAt = new Date(Date.now() + 3_600_000)
+        const [soon, later] = yield* repository.insertMany([
+          newProgram({ startAfter: Duration.millis(700) }),
+          newProgram({ startAt })
+        ])
+        expect(soon!.program.nextRunAt.getTime() - soon!.program.createdAt.getTime()).toBeGreaterThanOrEqual(690)
+        expect(later!.program.nextRunAt.getTime()).toBe(startAt.getTime())
+        expect(Option.isNone(yield* claim({ runId: soon!.program.runId, step: 0 }))).toBe(true)
+        expect(Option.isNone(yield* claim({ runId: later!.program.runId, step: 0 }))).toBe(true)
+        expect(yield* repository.findStale({ idleFor: Duration.zero, limit: 10 })).toEqual([])
+        yield* eventually(claim({ runId: soon!.program.runId, step: 0 }), Option.isSome)
+        expect(Option.isNone(yield* claim({ runId: later!.program.runId, step: 0 }))).toBe(true)
+      }))
+
+    test("list searches by current job, created between, runId prefix and programData, with an id cursor", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const inserted = yield* repository.insertMany([
+          newProgram({ programData: { shop: 1, tier: "gold", meta: { region: "eu", beta: true } } }),
+          newProgram({ programData: { shop: 2, tier: "gold", meta: { region: "us", beta: false } } }),
+          newProgram({ programData: { shop: 1.0, tier: "silver", meta: null, "odd \"key\"": 1 } }),
+          newProgram({ programData: { shop: "1", tier: null } })
+        ])
+        const [a, b, c, d] = inserted.map((entry) => entry.program)
+        // b moves to its second job.
+        const row = yield* claimed({ runId: b!.runId, step: 0 })
+        yield* repository.advance(leaseOf(row), { finished: false })
+        const idsOf = (query: Program.ListQuery) =>
+          Effect.map(repository.list({ order: "asc", ...query }), (rows) => rows.map((p) => p.id))
+
+        expect(yield* idsOf({ job: "second" })).toEqual([b!.id])
+        expect(yield* idsOf({ job: "first" })).toEqual([a!.id, c!.id, d!.id])
+        expect(yield* idsOf({ job: "third" })).toEqual([])
+        expect(yield* idsOf({ dataContains: { shop: 1 } })).toEqual([a!.id, c!.id])
+        expect(yield* idsOf({ dataContains: { shop: "1" } })).toEqual([d!.id])
+        expect(yield* idsOf({ dataContains: { tier: "gold", meta: { region: "us" } } })).toEqual([b!.id])
+        expect(yield* idsOf({ dataContains: { meta: { beta: true } } })).toEqual([a!.id])
+        expect(yield* idsOf({ dataContains: { meta: { beta: false } } })).toEqual([b!.id])
+        expect(yield* idsOf({ dataContains: { tier: null } })).toEqual([d!.id])
+        expect(yield* idsOf({ dataContains: { "odd \"key\"": 1 } })).toEqual([c!.id])
+        expect(yield* idsOf({ dataContains: { missing: 1 } })).toEqual([])
+        expect(yield* idsOf({ dataContains: {} })).toEqual([a!.id, b!.id, c!.id, d!.id])
+        expect(yield* idsOf({ runIdPrefix: c!.runId.slice(0, 13) })).toEqual([c!.id])
+        expect(yield* idsOf({ runIdPrefix: c!.runId.slice(0, 13).toUpperCase() })).toEqual([])
+        expect(yield* idsOf({ runIdPrefix: "%" })).toEqual([])
+        expect(yield* idsOf({ runIdPrefix: c!.runId })).toEqual([c!.id])
+
+        expect(yield* idsOf({ after: a!.id, limit: 2 })).toEqual([b!.id, c!.id])
+        expect(yield* idsOf({ after: c!.id, limit: 2 })).toEqual([d!.id])
+        expect(yield* idsOf({ order: "desc", after: c!.id })).toEqual([b!.id, a!.id])
+        expect(yield* idsOf({ after: a!.id, job: "first" })).toEqual([c!.id, d!.id])
+
+        // A later program, created at a later database time than every one above.
+        const e = yield* eventually(insert(), (program) => program.createdAt > d!.createdAt)
+        const all = yield* repository.list({ order: "asc", limit: 1000 })
+        const cutoff = e.createdAt
+        expect(yield* idsOf({ createdAfter: cutoff, limit: 1000 })).toEqual(
+          all.filter((p) => p.createdAt >= cutoff).map((p) => p.id)
+        )
+        expect(yield* idsOf({ createdBefore: cutoff, limit: 1000 })).toEqual(
+          all.filter((p) => p.createdAt < cutoff).map((p) => p.id)
+        )
+        expect(yield* idsOf({ createdAfter: d!.createdAt, createdBefore: cutoff, limit: 1000 })).toEqual(
+          all.filter((p) => p.createdAt >= d!.createdAt && p.createdAt < cutoff).map((p) => p.id)
+        )
+        expect(yield* idsOf({ createdBefore: cutoff })).toContain(a!.id)
+        expect(yield* idsOf({ createdBefore: cutoff })).not.toContain(e.id)
+      }))
+
+    test("cancelBatch cancels in-progress programs matching the filter, a batch at a time, never a finished one", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const programs = (yield* repository.insertMany(
+          Array.from({ length: 5 }, (_, n) => newProgram({ programData: { n } }))
+        )).map((entry) => entry.program)
+        yield* finishOne(programs[1]!)
+        yield* repository.cancel(programs[2]!.runId, "earlier")
+        const running = yield* claimed({ runId: programs[3]!.runId, step: 0 })
+
+        const first = yield* repository.cancelBatch({}, "bulk", { afterId: 0, limit: 1 })
+        expect(first).toEqual([{ id: programs[0]!.id, runId: programs[0]!.runId, step: 0 }])
+        const rest = yield* repository.cancelBatch({}, "bulk", { afterId: first[0]!.id, limit: 10 })
+        expect(rest.map((p) => p.id).sort((x, y) => x - y)).toEqual([programs[3]!.id, programs[4]!.id])
+        expect(yield* repository.cancelBatch({}, "bulk", { afterId: 0, limit: 10 })).toEqual([])
+
+        expect((yield* get(programs[1]!.runId)).erroredAt).toBeNull()
+        expect((yield* get(programs[2]!.runId)).errorMessage).toBe("earlier")
+        expect(yield* get(programs[4]!.runId)).toMatchObject({ errorMessage: "bulk" })
+        expect(yield* repository.extendLease(leaseOf(running), lease)).toBe("cancelled")
+
+        const more = (yield* repository.insertMany([
+          newProgram({ programData: { keep: true } }),
+          newProgram({ programData: { keep: false } })
+        ])).map((entry) => entry.program)
+        const changed = yield* repository.cancelBatch({ dataContains: { keep: false }, job: "first" }, "only one", {
+          afterId: 0,
+          limit: 10
+        })
+        expect(changed.map((p) => p.runId)).toEqual([more[1]!.runId])
+        expect((yield* get(more[0]!.runId)).erroredAt).toBeNull()
+        expect(yield* repository.cancelBatch({ status: "finished" }, "x", { afterId: 0, limit: 10 })).toEqual([])
+      }))
+
+    test("resumeBatch resumes only errored programs matching the filter; a live lease is left alone", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const programs = (yield* repository.insertMany(
+          Array.from({ length: 4 }, () => newProgram())
+        )).map((entry) => entry.program)
+        yield* finishOne(programs[0]!)
+        const running = yield* claimed({ runId: programs[1]!.runId, step: 0 })
+        yield* repository.cancel(programs[1]!.runId, "stop")
+        const failed = yield* claimed({ runId: programs[2]!.runId, step: 0 })
+        yield* repository.fail(leaseOf(failed), "boom")
+
+        const resumed = yield* repository.resumeBatch({ stepRetryCountGte: 0 }, { afterId: 0, limit: 10 })
+        expect(resumed.map((p) => p.runId).sort()).toEqual([programs[1]!.runId, programs[2]!.runId].sort())
+        expect(yield* get(programs[1]!.runId)).toMatchObject({ erroredAt: null, lockedBy: owner })
+        expect(yield* get(programs[2]!.runId)).toMatchObject({ erroredAt: null, lockedBy: null, errorMessage: null })
+        expect((yield* get(programs[0]!.runId)).finishedAt).toBeInstanceOf(Date)
+        expect(yield* repository.extendLease(leaseOf(running), lease)).toBe("held")
+        expect(yield* repository.resumeBatch({}, { afterId: 0, limit: 10 })).toEqual([])
+        expect(Option.isSome(yield* claim({ runId: programs[2]!.runId, step: 0 }))).toBe(true)
+
+        yield* repository.cancel(programs[3]!.runId, "x")
+        expect(yield* repository.resumeBatch({ job: "second" }, { afterId: 0, limit: 10 })).toEqual([])
+        expect(yield* repository.resumeBatch({ job: "first" }, { afterId: programs[3]!.id, limit: 10 })).toEqual([])
+        expect((yield* repository.resumeBatch({ job: "first" }, { afterId: 0, limit: 10 })).map((p) => p.runId))
+          .toEqual([programs[3]!.runId])
+      }))
+
+    test("pruneBatch deletes finished and errored programs older than the cutoff, in bounded batches, never one in progress", () =>
+      Effect.gen(function*() {
+        const repository = yield* repo
+        const programs = (yield* repository.insertMany(
+          Array.from({ length: 6 }, () => newProgram({ jobs: ["only"] }))
+        )).map((entry) => entry.program)
+        for (const program of programs.slice(0, 3)) yield* finishOne(program)
+        yield* repository.cancel(programs[3]!.runId, "x")
+        const failed = yield* claimed({ runId: programs[4]!.runId, step: 0 })
+        yield* repository.fail(leaseOf(failed), "boom")
+        const rows = yield* Effect.forEach(programs, (program) => get(program.runId))
+        const finishedCutoff = new Date(Math.max(...rows.slice(0, 3).map((p) => p.finishedAt!.getTime())) + 1)
+        const erroredCutoff = new Date(Math.max(...rows.slice(3, 5).map((p) => p.erroredAt!.getTime())) + 1)
+        const early = new Date(Math.min(...rows.slice(0, 3).map((p) => p.finishedAt!.getTime())))
+
+        expect(yield* repository.countPrunable("finished", early)).toBe(0)
+        expect(yield* repository.countPrunable("finished", finishedCutoff)).toBe(3)
+        expect(yield* repository.countPrunable("errored", erroredCutoff)).toBe(2)
+        expect(yield* repository.pruneBatch("finished", early, 10)).toBe(0)
+        expect(yield* repository.pruneBatch("finished", finishedCutoff, 2)).toBe(2)
+        expect(yield* repository.pruneBatch("finished", finishedCutoff, 2)).toBe(1)
+        expect(yield* repository.pruneBatch("finished", finishedCutoff, 2)).toBe(0)
+        // The future: still nothing in progress.
+        const future = new Date(Date.now() + 3_600_000)
+        expect(yield* repository.pruneBatch("errored", future, 10)).toBe(2)
+        expect(yield* repository.pruneBatch("finished", future, 10)).toBe(0)
+        const left = yield* repository.list({ limit: 100 })
+        expect(left.map((p) => p.runId)).toEqual([programs[5]!.runId])
+      }))
   })
 }
