@@ -18,7 +18,8 @@
  *   --repeat N              runs of each throughput and growth measurement; the median is reported (BENCH_REPEAT, 3)
  *   --modes list            throughput modes: embedded,pg-sql,pg-amqp,pg-amqp-multi (BENCH_MODES, default all)
  *   --pg-connections N      connections of the raw UPDATE loop (BENCH_PG_CONNECTIONS, default 16)
- *   --only parts            comma list of limits,throughput,lone,growth (BENCH_ONLY, default all)
+ *   --only parts            comma list of limits,throughput,creation,lone,growth (BENCH_ONLY, default all)
+ *   --batch N               programs per createPrograms call in the creation part (BENCH_BATCH, default 1000)
  *   --replot                redraw the .svg of an existing --out result and exit
  *   --out FILE              JSON result (default bench/results/latest.json; a .md table and .svg plot beside it)
  *
@@ -71,10 +72,11 @@ const options = {
   lone: int("lone", "BENCH_LONE", 200, 30),
   repeat: int("repeat", "BENCH_REPEAT", 3, 1),
   pgConnections: int("pg-connections", "BENCH_PG_CONNECTIONS", 16, 16),
+  batch: int("batch", "BENCH_BATCH", 1000, 1000),
   limitMillis: int("limit-millis", "BENCH_LIMIT_MILLIS", 3000, 1500),
   growth: (option("growth", "BENCH_GROWTH") ?? "1000,100000").split(",").map(Number),
   modes: new Set((option("modes", "BENCH_MODES") ?? "embedded,pg-sql,pg-amqp,pg-amqp-multi").split(",")),
-  only: new Set((option("only", "BENCH_ONLY") ?? "limits,throughput,lone,growth").split(",")),
+  only: new Set((option("only", "BENCH_ONLY") ?? "limits,throughput,creation,lone,growth").split(",")),
   out: resolve(option("out", "BENCH_OUT") ?? join(here, "results", "latest.json")),
   databaseUrl: process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test",
   amqpUrl: process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672"
@@ -441,6 +443,58 @@ const medianRun = async (backend: Backend, processes: number, prefill = 0, maxCo
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
+// Batch creation: `createPrograms` alone, no worker running
+
+interface CreationResult {
+  readonly backend: Backend
+  readonly batch: number
+  readonly programs: number
+  readonly seconds: number
+  readonly programsPerSecond: number
+}
+
+const creationRun = async (backend: Backend): Promise<CreationResult> => {
+  const table = uniqueName(`bench_create_${backend.replace("-", "_")}`)
+  const queue = `bench.${table}`
+  const sqliteFile = join(scratch, `${table}.db`)
+  const child = spawnChild({
+    BENCH_BACKEND: backend,
+    BENCH_ROLE: "creator",
+    BENCH_TABLE: table,
+    BENCH_QUEUE: queue,
+    BENCH_SQLITE_FILE: sqliteFile,
+    BENCH_JOBS: String(options.jobs),
+    DATABASE_URL: options.databaseUrl,
+    AMQP_URL: options.amqpUrl
+  })
+  try {
+    await child.next("ready")
+    // A short untimed round first, as the throughput modes warm up.
+    child.send({ t: "createBatches", seconds: 0.5, chunk: options.batch })
+    await child.next("createdBatches")
+    child.send({ t: "createBatches", seconds: options.minSeconds, chunk: options.batch })
+    const { count, millis } = await child.next<{ count: number; millis: number }>("createdBatches")
+    return {
+      backend,
+      batch: options.batch,
+      programs: count,
+      seconds: millis / 1000,
+      programsPerSecond: count / (millis / 1000)
+    }
+  } finally {
+    child.process.kill("SIGKILL")
+    if (backend !== "embedded") {
+      const client = new pg.Client({ connectionString: options.databaseUrl })
+      await client.connect()
+      await client.query(`DROP TABLE IF EXISTS ${table}`)
+      await client.end()
+    }
+    if (backend === "pg-amqp") await deleteQueue(queue)
+    for (const suffix of ["", "-wal", "-shm"]) rmSync(`${sqliteFile}${suffix}`, { force: true })
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
 // Isolated latency: one program at a time
 
 interface LoneResult {
@@ -680,6 +734,18 @@ const main = async () => {
     if (options.modes.has("pg-amqp")) await both("pg-amqp", 1)
     if (options.modes.has("pg-amqp-multi") && options.workers > 1) await both("pg-amqp", options.workers)
   }
+  const creation: Array<CreationResult> = []
+  if (options.only.has("creation")) {
+    for (const backend of ["embedded", "pg-sql", "pg-amqp"] as const) {
+      const result = await creationRun(backend).catch((error) => {
+        log(`creation ${backend} failed: ${error instanceof Error ? error.message : String(error)}`)
+        return undefined
+      })
+      if (result === undefined) continue
+      log(`createPrograms ${backend}: ${Math.round(result.programsPerSecond)} programs/s`)
+      creation.push(result)
+    }
+  }
   const lone: Array<LoneResult> = []
   if (options.only.has("lone")) {
     for (const backend of ["embedded", "pg-sql", "pg-amqp"] as const) {
@@ -760,6 +826,16 @@ const main = async () => {
       ])
     ]
   )
+  const creationTable = markdownTable(
+    ["createPrograms (no worker running)", "per call", "programs", "run", "programs/s"],
+    creation.map((result) => [
+      modeLabel(result.backend, 1).replace(", 1 proc", ""),
+      fmt(result.batch),
+      fmt(result.programs),
+      `${fmt(result.seconds, 1)} s`,
+      fmt(result.programsPerSecond)
+    ])
+  )
   const loneTable = markdownTable(
     ["isolated (one program at a time)", "programs", "step p50", "step p95", "create→1st job p50", "program p50", "program p95"],
     lone.map((result) => [
@@ -801,6 +877,8 @@ const main = async () => {
     "",
     limits.samples.length > 0 ? limitsTable : "",
     "",
+    creation.length > 0 ? creationTable : "",
+    "",
     lone.length > 0 ? loneTable : "",
     "",
     growth.length > 0 ? growthTable : ""
@@ -819,6 +897,7 @@ const main = async () => {
       limit: limitOf(result),
       ratio: result.stepsPerSecond / limitOf(result).value
     })),
+    creation,
     lone,
     growth
   }

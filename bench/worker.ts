@@ -109,16 +109,38 @@ const createPrograms = (count: number, creationConcurrency: number) =>
     yield* send({ t: "created", count, millis: performance.now() - started })
   })
 
+/**
+ * Batch creation: `createPrograms` calls of `chunk` programs, one after another, until `seconds` have passed; reports
+ * how many it created and how long that took.
+ */
+const createInBatches = (seconds: number, chunk: number) =>
+  Effect.gen(function*() {
+    const executor = yield* ProgramExecutor
+    const inputs = Array.from({ length: chunk }, () => ({ jobs: jobNames }))
+    const started = performance.now()
+    let count = 0
+    while (performance.now() - started < seconds * 1000) {
+      count += (yield* Effect.orDie(executor.createPrograms(inputs))).length
+    }
+    yield* send({ t: "createdBatches", count, millis: performance.now() - started })
+  })
+
 /** Serves `create` requests from the parent until it asks to stop. */
 const serveCreates = Effect.gen(function*() {
-  const requests = Stream.async<{ count: number; concurrency: number }>((emit) => {
-    const onMessage = (message: { t?: string; count?: number; concurrency?: number }) => {
-      if (message?.t === "create") void emit.single({ count: message.count!, concurrency: message.concurrency! })
+  type Request =
+    | { readonly t: "create"; readonly count: number; readonly concurrency: number }
+    | { readonly t: "createBatches"; readonly seconds: number; readonly chunk: number }
+  const requests = Stream.async<Request>((emit) => {
+    const onMessage = (message: { t?: string }) => {
+      if (message?.t === "create" || message?.t === "createBatches") void emit.single(message as Request)
     }
     process.on("message", onMessage)
     return Effect.sync(() => process.off("message", onMessage))
   })
-  return yield* Stream.runForEach(requests, (request) => createPrograms(request.count, request.concurrency))
+  return yield* Stream.runForEach(requests, (request) =>
+    request.t === "create"
+      ? createPrograms(request.count, request.concurrency)
+      : createInBatches(request.seconds, request.chunk))
 })
 
 /** One program at a time: create, wait for its `ProgramFinished`, next. */
