@@ -793,8 +793,28 @@ const makeHandler = (
       message: { runId: program.runId, step: program.step },
       claimed: Option.some(program),
       ack: origin.ack,
-      nack: Effect.zipRight(origin.ack, wake(program.runId, program.step))
+      nack: Effect.zipRight(origin.ack, republish(program.runId, program.step))
     })
+
+  /**
+   * Publishes a given-back step's wake-up from a fiber of its own, waiting for it at most `shutdownMargin`. Giving back
+   * happens on a handler that a shutdown has interrupted: there an adapter's interruptible publish (the AMQP confirm's
+   * timeout) would be interrupted at once, and nothing else can bound the wait. Not published in time (a broker down
+   * at shutdown), the step is recovered by the sweeper: its lease is released already.
+   */
+  const republish = (runId: string, step: number) =>
+    Effect.flatMap(Effect.forkDaemon(wake(runId, step)), (fiber) =>
+      Effect.async<void>((resume) => {
+        let resumed = false
+        const done = () => {
+          if (resumed) return
+          resumed = true
+          clearTimeout(timer)
+          resume(Effect.void)
+        }
+        const timer = setTimeout(done, Duration.toMillis(shutdownMargin))
+        fiber.addObserver(done)
+      }))
 
   const free = (slot: Slot) =>
     Effect.suspend(() => {
