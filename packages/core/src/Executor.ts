@@ -153,7 +153,7 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
     queue.subscribe({ prefetch: config.concurrency, claim: claimOptions })
   ).pipe(Effect.retry(Schedule.spaced("5 seconds")), Effect.orDie)
   const permits = yield* Effect.makeSemaphore(config.concurrency)
-  const { dispatch, keepLeases, queueHead, shutdown } = makeHandler(
+  const { beginShutdown, dispatch, keepLeases, queueHead, shutdown } = makeHandler(
     config,
     claimOptions,
     repository,
@@ -168,7 +168,8 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
 
   // Runs first on shutdown (finalizers run in reverse): stop receiving, let running steps finish within the grace
   // period, interrupt what is left; the subscription closes last.
-  yield* Effect.addFinalizer(() => Effect.zipRight(subscription.stop, shutdown))
+  // Chains are told first: a step completing while the consumer is being cancelled is not continued.
+  yield* Effect.addFinalizer(() => beginShutdown.pipe(Effect.zipRight(subscription.stop), Effect.zipRight(shutdown)))
 
   yield* Effect.forkScoped(sweeper(config, repository, queue, queueHead))
   yield* Effect.forkScoped(recoverer(config, repository, queue))
@@ -510,19 +511,13 @@ const makeHandler = (
         const claimedAt = yield* Clock.currentTimeMillis
         const claimed = yield* continueFrom(lease)
         if (Option.isNone(claimed)) {
-          return yield* Effect.as(
-            Effect.logWarning("lease lost before the step could advance; another worker will run it again"),
-            undefined
-          )
+          return yield* Effect.as(refused(lease, "the step's completion"), undefined)
         }
         next = { program: claimed.value, claimedAt }
       } else {
         const advanced = yield* settle("advancing the step", lease, repository.advance(lease, { finished }))
         if (!advanced) {
-          return yield* Effect.as(
-            Effect.logWarning("lease lost before the step could advance; another worker will run it again"),
-            undefined
-          )
+          return yield* Effect.as(refused(lease, "the step's completion"), undefined)
         }
       }
       const duration = Duration.millis((yield* Clock.currentTimeMillis) - startedAt)
@@ -551,7 +546,7 @@ const makeHandler = (
   const stop = (program: ProgramRecord, lease: Lease, job: string, failure: Failure & { _tag: "Ignore" | "Fatal" }) =>
     Effect.gen(function*() {
       const recorded = yield* settle("recording the failure", lease, repository.fail(lease, failure.message))
-      if (!recorded) return yield* Effect.logWarning("lease lost before the failure could be recorded")
+      if (!recorded) return yield* refused(lease, "the failure")
       const ignorable = failure._tag === "Ignore"
       yield* Metric.increment(metrics.programsErrored)
       yield* events.publish(
@@ -571,6 +566,25 @@ const makeHandler = (
           .pipe(Effect.annotateLogs("event", "Consumer error finish"))
       }
     })
+
+  /**
+   * A write recording a run's outcome was refused. When the program was cancelled meanwhile (its job completed
+   * before a heartbeat saw the cancel, or a continuation was refused for it) the lease is still this run's: it is
+   * released, as a cancel seen by the heartbeat releases it, rather than left on an errored row. Otherwise the lease
+   * was lost: the run counts as lost and the step runs again elsewhere.
+   */
+  const refused = (lease: Lease, what: string) =>
+    durably("reading the program back", repository.get(lease.runId)).pipe(
+      Effect.flatMap((row) =>
+        Option.exists(row, (program) => program.erroredAt !== null && program.leaseToken === lease.token)
+          ? Effect.logInfo(`program was cancelled while its job ran; ${what} is not recorded`).pipe(
+            Effect.zipRight(repository.release(lease).pipe(Effect.ignore)),
+            Effect.annotateLogs("event", "execution-cancelled")
+          )
+          : Effect.logWarning(`lease lost before ${what} could be recorded; another worker will run the step again`)
+      ),
+      Effect.catchAll((error) => Effect.logWarning(`lease lost or program cancelled before ${what} could be recorded: ${error.message}`))
+    )
 
   const fatal = (message: string) => ({ _tag: "Fatal", message, cause: Cause.empty }) as const
 
@@ -606,7 +620,7 @@ const makeHandler = (
           countAttempt: failure.countAttempt
         })
       )
-      if (!recorded) return yield* Effect.logWarning("lease lost before the retry could be recorded")
+      if (!recorded) return yield* refused(lease, "the retry")
       yield* Metric.increment(metrics.stepsRetried)
       yield* events.publish(
         ProgramEvent.RetryScheduled({
@@ -895,7 +909,11 @@ const makeHandler = (
     yield* Effect.forEach(Array.from(running), (slot) => takeOver(slot, "shutdown"), { discard: true })
   })
 
-  return { dispatch, keepLeases, queueHead, shutdown }
+  const beginShutdown = Effect.sync(() => {
+    stopping = true
+  })
+
+  return { beginShutdown, dispatch, keepLeases, queueHead, shutdown }
 }
 
 const safeJson = (value: unknown) => {

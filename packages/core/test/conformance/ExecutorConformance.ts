@@ -935,7 +935,8 @@ export const executorConformance = (
               // One slot: the next program runs once the chain has let go of it.
               yield* awaitProgram(yield* ProgramExecutor.createProgram({ jobs: ["other"] }))
               const program = yield* ProgramExecutor.get(runId).pipe(Effect.map(Option.getOrThrow))
-              expect(program).toMatchObject({ step: 1, errorMessage: "stop the chain", finishedAt: null })
+              // Its lease released, not left on the errored row until it expires.
+              expect(program).toMatchObject({ step: 1, errorMessage: "stop the chain", finishedAt: null, lockedBy: null })
               const runs = (yield* Ref.get(log)).filter((execution) => execution.runId === runId)
               expect(runs.map((execution) => execution.job)).toEqual(["a", "gate"])
             }))
