@@ -216,6 +216,8 @@ describeWithServices("faults in the middle of chains", () => {
     const overdue = leases.filter((row) => row.millis !== null && row.millis > leaseMillis + 1_000)
     await eventually("every other program finished and no lease of theirs is held", async () =>
       (await unsettled(current, others)) === 0, 120_000, current.logs)
+    // Meanwhile no worker claimed a cancelled program again.
+    const leasedAgain = (await leaseAfterCancel()).filter((row) => row.held || (row.millis ?? 0) > leaseMillis + 1_000)
     const wallMillis = Date.now() - began
 
     const { rows } = await current.db.query<
@@ -273,6 +275,7 @@ describeWithServices("faults in the middle of chains", () => {
     expect(rows.length).toBe(cancelled.size)
     expect(cancelled.size).toBe(4)
     expect(overdue).toEqual([])
+    expect(leasedAgain).toEqual([])
     expect(report.violations).toEqual([])
     expect(report.finished).toBe(others.length)
     expect(report.duplicates).toBe(0)
