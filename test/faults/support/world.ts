@@ -186,6 +186,8 @@ export const makeWorld = async (options: WorldOptions) => {
         runIds: results.flatMap((result) => result._tag === "Right" ? [result.right] : []),
         errors: results.flatMap((result) => result._tag === "Left" ? [result.left.message] : [])
       })),
+    /** Cancels a program the way an application does (`ProgramExecutor.cancel`); the row as the cancel left it. */
+    cancel: (runId: string, reason?: string) => client.runPromise(ProgramExecutor.cancel(runId, reason)),
     /** Steps completed so far, over all programs (a finished program counts all its jobs). */
     stepsDone: async () =>
       Number(
