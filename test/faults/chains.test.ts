@@ -195,18 +195,18 @@ describeWithServices("faults in the middle of chains", () => {
     const cancelledIds = Array.from(cancelled.keys())
     const others = runIds.filter((runId) => !cancelled.has(runId))
 
-    // A cancelled program's lease is not extended after the cancel: the heartbeat that sees it releases it, and a
-    // run that completed first is refused its advance (or continuation) and leaves its lease to expire, within one
-    // lease of the cancel. Nothing claims it again.
+    // A cancelled program's lease is not extended after the cancel, and is released: by the heartbeat that sees the
+    // cancel, or, when the run completed first, once its advance (or continuation) is refused. Nothing claims it
+    // again.
     const leaseAfterCancel = async () =>
-      (await current.db.query<{ run_id: string; millis: number | null; held: boolean }>(
+      (await current.db.query<{ run_id: string; millis: number | null; held: boolean; owner: string | null }>(
         `SELECT run_id, (extract(epoch FROM locked_until - errored_at) * 1000)::int AS millis,
-         coalesce(locked_until > now(), false) AS held FROM ${current.name} WHERE run_id = ANY($1)`,
+         coalesce(locked_until > now(), false) AS held, locked_by AS owner FROM ${current.name} WHERE run_id = ANY($1)`,
         [cancelledIds]
       )).rows
     await eventually(
-      "the cancelled programs' leases ended",
-      async () => (await leaseAfterCancel()).every((row) => !row.held),
+      "the cancelled programs' leases released",
+      async () => (await leaseAfterCancel()).every((row) => !row.held && row.owner === null),
       Math.max(1, cancelledAt + leaseMillis + 5_000 - Date.now()),
       current.logs
     )
@@ -273,6 +273,7 @@ describeWithServices("faults in the middle of chains", () => {
     }])
     expect(problems).toEqual([])
     expect(rows.length).toBe(cancelled.size)
+    expect(rows.filter((row) => row.locked_by !== null)).toEqual([])
     expect(cancelled.size).toBe(4)
     expect(overdue).toEqual([])
     expect(leasedAgain).toEqual([])

@@ -26,10 +26,12 @@ const recoveryIntervalMillis = 1_000
 /**
  * From a death to the re-run's start, beyond the lease's expiry and the next recovery pass: 5 s for the re-publish,
  * the delivery and the claim on a loaded 2-core machine where a replacement worker is starting (tsx compiling), plus
- * the queue ahead of it. A re-published step goes to the tail of the FIFO queue, behind the wake-ups ready at the
- * kill, which the two surviving workers drain at about `2 × concurrency` steps per job duration.
+ * the work queued ahead of it. A re-published step goes to the tail of the FIFO queue, behind the wake-ups ready at
+ * the kill; with continuation each of those is a chain through the rest of its program (at most all its jobs),
+ * drained at the rate the workers kept so far, by the two that survive.
  */
-const marginMillis = (queuedAtKill: number) => 5_000 + Math.ceil(queuedAtKill / (2 * concurrency)) * jobMillis
+const marginMillis = (queuedAtKill: number, stepsPerSecond: number) =>
+  5_000 + Math.ceil((queuedAtKill * jobNames.length) / (stepsPerSecond * 2 / 3) * 1000)
 
 describeWithServices("kill -9 of a worker process", () => {
   let world: World | undefined
@@ -87,6 +89,7 @@ describeWithServices("kill -9 of a worker process", () => {
         [String(victim.pid)]
       )).rows[0].n))
       queued.push(await current.queueDepth())
+      const stepsPerSecond = Math.max(1, (await current.stepsDone()) / ((exit.at - began) / 1000))
       slots[slot] = current.start(env)
 
       // Each job it had started and not finished runs again (a later run of the same step), within the bound.
@@ -95,7 +98,7 @@ describeWithServices("kill -9 of a worker process", () => {
         [victim.pid]
       )
       // The lease, a recovery pass, and the random delay (up to one more interval) of the re-published wake-up.
-      const boundMillis = leaseMillis + 2 * recoveryIntervalMillis + marginMillis(queued.at(-1)!)
+      const boundMillis = leaseMillis + 2 * recoveryIntervalMillis + marginMillis(queued.at(-1)!, stepsPerSecond)
       const rerunAt = new Map<string, number>()
       await eventually(`the ${held.length} job(s) worker ${victim.pid} left unfinished ran again`, async () => {
         const { rows } = await current.db.query<{ run_id: string; step: number; started_at: Date }>(
