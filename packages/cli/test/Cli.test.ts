@@ -174,7 +174,7 @@ describe("program-executor", () => {
   it("--help lists the commands", { timeout: 60_000 }, async () => {
     const result = await finished(start(["--help"], {}, tmpdir()))
     expect(result.code).toBe(0)
-    for (const command of ["worker", "create", "list", "show", "cancel", "resume", "migrate"]) {
+    for (const command of ["worker", "create", "list", "show", "cancel", "resume", "migrate", "prune"]) {
       expect(result.stdout).toContain(`- ${command}`)
     }
   })
@@ -205,12 +205,54 @@ describe("program-executor", () => {
     })
   })
 
+  // One process per command, on a machine that may be loaded: as few commands as cover each flag.
+  it("create with a key, a delay or a file of many; list by job and data; bulk cancel and resume; prune", {
+    timeout: 600_000
+  }, async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "pe-cli-peers-"))
+    const cli = (args: ReadonlyArray<string>) => finished(start(args, {}, cwd))
+    const ok = async (args: ReadonlyArray<string>) => {
+      const result = await cli(args)
+      expect(result.code, result.stderr).toBe(0)
+      return result.stdout.trim()
+    }
+    const keyed = await ok(["create", "a", "--idempotency-key", "order-1", "--start-after", "1h"])
+    const file = join(cwd, "programs.json")
+    writeFileSync(file, JSON.stringify([
+      { jobs: ["a", "send_report"], programData: { shop: 1, tier: "gold" } },
+      { jobs: ["send_report"], programData: { shop: 2 } },
+      { jobs: ["b"], programData: { shop: 1 }, idempotencyKey: "order-1" }
+    ]))
+    const created = JSON.parse(await ok(["create", "--file", file, "--start-after", "2 hours", "--json"])).runIds
+    expect(created).toHaveLength(3)
+    expect(created[2]).toBe(keyed)
+    const listed = JSON.parse(await ok(["list", "--job", "a", "--data", '{"shop":1}', "--json"]))
+    expect(listed.map((program: { runId: string }) => program.runId)).toEqual([created[0]])
+    expect(new Date(listed[0].nextRunAt).getTime()).toBeGreaterThan(Date.now() + 30 * 60_000)
+    expect(await ok(["cancel", "--job", "send_report"])).toBe("cancelled 1 program")
+    expect(await ok(["cancel", "--filter", '{"dataContains":{"shop":1}}', "--reason", "no"])).toBe("cancelled 1 program")
+    expect(await ok(["resume", "--errored", "--job", "send_report"])).toBe("resumed 1 program")
+    expect(JSON.parse(await ok(["prune", "--older-than", "0s", "--dry-run", "--json"]))).toEqual({
+      finished: 0,
+      errored: 1,
+      dryRun: true
+    })
+    expect(await ok(["prune", "--older-than", "30d", "--errored-older-than", "0s"])).toBe(
+      "deleted 0 finished and 1 errored programs"
+    )
+    expect(JSON.parse(await ok(["list", "--json"])).map((program: { runId: string }) => program.runId)).toEqual([
+      created[1],
+      keyed
+    ])
+    expectOneLineError(await cli(["cancel"]), /name a runId, or select programs/)
+  })
+
   it("refuses an unknown flag after the job names with the usage line, creating nothing", { timeout: 60_000 }, async () => {
     const cwd = mkdtempSync(join(tmpdir(), "pe-cli-flags-"))
-    const result = await finished(start(["create", "a", "b", "--idempotency-key", "k"], {}, cwd))
+    const result = await finished(start(["create", "a", "b", "--idempotency-kee", "k"], {}, cwd))
     expect(result.code).toBe(1)
     expect(result.stdout).toBe("")
-    expect(result.stderr).toContain("unknown option --idempotency-key")
+    expect(result.stderr).toContain("unknown option --idempotency-kee")
     expect(result.stderr).toMatch(/Usage: program-executor create .*<job>\.\.\./)
     expect(existsSync(join(cwd, "program-executor.db"))).toBe(false)
   })

@@ -32,6 +32,7 @@ import { JobLibrary } from "./JobLibrary.js"
 import { isValidWakeUp, type ProgramRecord } from "./Program.js"
 import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
 import { ProgramQueue, type Delivery, type QueueError } from "./ProgramQueue.js"
+import { pruneWith } from "./ProgramExecutor.js"
 import {
   type ClaimOptions,
   isTransient,
@@ -173,12 +174,36 @@ export const run: Effect.Effect<never, never, ProgramRepository | ProgramQueue |
 
   yield* Effect.forkScoped(sweeper(config, repository, queue, queueHead))
   yield* Effect.forkScoped(recoverer(config, repository, queue))
+  if (config.pruneFinishedAfter !== undefined || config.pruneErroredAfter !== undefined) {
+    yield* Effect.forkScoped(pruner(config, repository))
+  }
 
   yield* Effect.logInfo("worker started").pipe(
     Effect.annotateLogs({ workerId: config.workerId, concurrency: config.concurrency, jobs: library.names.join(",") })
   )
   return yield* Effect.forever(permits.take(1).pipe(Effect.zipRight(subscription.take), Effect.flatMap(dispatch)))
 }).pipe(Effect.scoped)
+
+/**
+ * Retention, when configured: deletes old finished and errored programs now and every `pruneInterval`, in batches
+ * (see `ProgramExecutor.prune`). Several workers may prune at once: a row deleted by one is simply not found by another.
+ */
+const pruner = (config: ExecutorOptions, repository: ProgramRepository["Type"]) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const before = (age: Duration.Duration | undefined) =>
+      age === undefined ? undefined : new Date(now - Duration.toMillis(age))
+    return pruneWith(repository, {
+      ...(config.pruneFinishedAfter === undefined ? {} : { finishedBefore: before(config.pruneFinishedAfter)! }),
+      ...(config.pruneErroredAfter === undefined ? {} : { erroredBefore: before(config.pruneErroredAfter)! })
+    })
+  }).pipe(
+    Effect.tap(({ errored, finished }) =>
+      finished + errored === 0 ? Effect.void : Effect.logInfo(`pruned ${finished} finished, ${errored} errored`)
+    ),
+    Effect.catchAll((error) => Effect.logWarning(`prune failed: ${error.message}`)),
+    Effect.repeat(Schedule.spaced(config.pruneInterval ?? Duration.hours(1))),
+    Effect.annotateLogs("component", "pruner")
+  )
 
 /** Re-publishes steps whose wake-up was lost (a publish that failed after a commit, a broker that lost its queue). */
 const sweeper = (

@@ -68,6 +68,15 @@ export interface ExecutorOptions {
    * gives the message back. The worker itself never exits because of them.
    */
   readonly storageRetry: Schedule.Schedule<unknown, unknown>
+  /**
+   * Retention, off unless set: every `pruneInterval` this worker deletes programs finished longer ago than this
+   * (`ProgramExecutor.prune`, in batches). Env `PE_PRUNE_FINISHED_AFTER`, e.g. "30 days".
+   */
+  readonly pruneFinishedAfter?: Duration.Duration
+  /** Errored (failed or cancelled) programs older than this are deleted too. Env `PE_PRUNE_ERRORED_AFTER`. */
+  readonly pruneErroredAfter?: Duration.Duration
+  /** How often a worker prunes, when one of the above is set. Default 1 hour. Env `PE_PRUNE_INTERVAL`. */
+  readonly pruneInterval?: Duration.Duration
 }
 
 /** Exponential from 1 s, doubled each time, with jitter, each delay capped at 5 minutes. */
@@ -138,6 +147,9 @@ export const validate = (options: ExecutorOptions): Effect.Effect<ExecutorOption
   integer("sweepBatchSize", options.sweepBatchSize, 1, false)
   for (const name of positiveDurations) duration(name, options[name], "positive")
   duration("shutdownGrace", options.shutdownGrace, "non-negative")
+  for (const name of ["pruneFinishedAfter", "pruneErroredAfter", "pruneInterval"] as const) {
+    if (options[name] !== undefined) duration(name, options[name], "positive")
+  }
   if (!Option.isOption(options.jobTimeout)) {
     problems.push("jobTimeout must be an Option of a duration (Option.none() for no limit)")
   } else if (Option.isSome(options.jobTimeout)) {
@@ -210,7 +222,10 @@ export const layerFromEnv = (options: Partial<ExecutorOptions> = {}): Layer.Laye
         sweepInterval: duration("PE_SWEEP_INTERVAL"),
         staleAfter: duration("PE_STALE_AFTER"),
         shutdownGrace: duration("PE_SHUTDOWN_GRACE"),
-        onUnknownJob: Config.option(Config.literal("fail", "skip")("PE_ON_UNKNOWN_JOB"))
+        onUnknownJob: Config.option(Config.literal("fail", "skip")("PE_ON_UNKNOWN_JOB")),
+        pruneFinishedAfter: duration("PE_PRUNE_FINISHED_AFTER"),
+        pruneErroredAfter: duration("PE_PRUNE_ERRORED_AFTER"),
+        pruneInterval: duration("PE_PRUNE_INTERVAL")
       })
       const fromEnv: Partial<ExecutorOptions> = {}
       for (const [key, value] of Object.entries(env)) {

@@ -190,6 +190,35 @@ const validatePrune = (options: PruneOptions) => {
   return Effect.succeed(batchSize)
 }
 
+/**
+ * Deletes (or, with `dryRun`, counts) what `options` selects, a batch per statement until a batch comes back short.
+ * Shared by `ProgramExecutor.prune` and the worker's periodic pruning.
+ */
+export const pruneWith = (
+  repository: ProgramRepository["Type"],
+  options: PruneOptions
+): Effect.Effect<PruneResult, RepositoryError> =>
+  Effect.gen(function*() {
+    const batchSize = options.batchSize ?? defaultBatchSize
+    const dryRun = options.dryRun === true
+    const run = (kind: "finished" | "errored", before: Date | undefined) =>
+      before === undefined
+        ? Effect.succeed(0)
+        : dryRun
+        ? repository.countPrunable(kind, before)
+        : Effect.gen(function*() {
+          let total = 0
+          while (true) {
+            const deleted = yield* repository.pruneBatch(kind, before, batchSize)
+            total += deleted
+            if (deleted < batchSize) return total
+          }
+        })
+    const finished = yield* run("finished", options.finishedBefore)
+    const errored = yield* run("errored", options.erroredBefore)
+    return { finished, errored, dryRun }
+  })
+
 /** Rows per statement of `cancelMany` and `resumeMany`. */
 const bulkBatchSize = 500
 
@@ -351,27 +380,7 @@ const makeWith = (
         ),
 
       prune: (options) =>
-        Effect.gen(function*() {
-          const batchSize = yield* validatePrune(options)
-          const dryRun = options.dryRun === true
-          const run = (kind: "finished" | "errored", before: Date | undefined) =>
-            before === undefined
-              ? Effect.succeed(0)
-              : dryRun
-              ? repository.countPrunable(kind, before)
-              : Effect.gen(function*() {
-                let total = 0
-                while (true) {
-                  const deleted = yield* repository.pruneBatch(kind, before, batchSize)
-                  total += deleted
-                  if (deleted < batchSize) return total
-                }
-              })
-          const finished = yield* run("finished", options.finishedBefore)
-          const errored = yield* run("errored", options.erroredBefore)
-          if (!dryRun && finished + errored > 0) yield* Effect.logInfo(`pruned ${finished} finished, ${errored} errored`)
-          return { finished, errored, dryRun }
-        }),
+        Effect.flatMap(validatePrune(options), () => pruneWith(repository, options)),
 
       createProgram: (input) =>
         Effect.gen(function*() {

@@ -92,6 +92,25 @@ const everyStatement = (dialect: Dialect) =>
     yield* table.cancel("run", "no longer needed")
     yield* table.resume("run")
     yield* table.findStale(Duration.seconds(5), 10, new Date())
+    // Batch creation (its read-back finds nothing in the recording: only the statements matter), search, bulk, prune.
+    yield* Effect.either(table.insertMany([
+      { runId: "run", jobs: ["a"], programData: {}, jobData: {} },
+      { runId: "run2", jobs: ["a"], programData: {}, jobData: {}, idempotencyKey: "k", startAfter: Duration.seconds(1) }
+    ]))
+    const filter = {
+      status: "errored" as const,
+      job: "a",
+      createdAfter: new Date(0),
+      createdBefore: new Date(),
+      runIdPrefix: "ru",
+      dataContains: { shop: 1, nested: { ok: true } }
+    }
+    yield* table.list({ ...filter, after: 10 })
+    yield* table.cancelBatch(filter, "bulk", { afterId: 0, limit: 10 })
+    yield* table.resumeBatch(filter, { afterId: 0, limit: 10 })
+    yield* table.pruneBatch("finished", new Date(), 10)
+    yield* table.pruneBatch("errored", new Date(), 10)
+    yield* table.countPrunable("finished", new Date())
     return recording.recorded.map((statement) => statement.sql)
   })
 
@@ -106,8 +125,8 @@ describe("the mysql dialect", () => {
       expect(statements.filter((sql) => returning.test(sql))).toEqual([])
       expect(statements.filter((sql) => indexIfNotExists.test(sql))).toEqual([])
       // It does create its indexes, once each looked up in the catalog.
-      expect(statements.filter((sql) => /^CREATE (UNIQUE )?INDEX /.test(sql))).toHaveLength(4)
-      expect(statements.filter((sql) => sql.includes("information_schema.statistics"))).toHaveLength(4)
+      expect(statements.filter((sql) => /^CREATE (UNIQUE )?INDEX /.test(sql))).toHaveLength(5)
+      expect(statements.filter((sql) => sql.includes("information_schema.statistics"))).toHaveLength(5)
     }))
 
   it.effect("the other dialects do use both (the check above can see them)", () =>

@@ -1183,6 +1183,23 @@ export const executorConformance = (
           }))
       }))
 
+    it.scopedLive("a worker with pruneFinishedAfter deletes old finished programs periodically, nothing else", () =>
+      run([Job.make("a", Effect.void)], (workers) =>
+        Effect.gen(function*() {
+          yield* workers.start()
+          const waiting = yield* ProgramExecutor.createProgram({ jobs: ["a"], startAfter: "1 hour" })
+          const cancelled = yield* ProgramExecutor.createProgram({ jobs: ["a"], startAfter: "1 hour" })
+          yield* ProgramExecutor.cancel(cancelled)
+          const finished = yield* ProgramExecutor.createPrograms([{ jobs: ["a"] }, { jobs: ["a"] }])
+          yield* awaitAll(finished)
+          yield* workers.start({ pruneFinishedAfter: Duration.millis(1), pruneInterval: Duration.millis(100) })
+          const left = yield* pollUntil(
+            Effect.map(ProgramExecutor.list(), (programs) => programs.map((program) => program.runId).sort()),
+            (runIds) => runIds.length <= 2
+          ).pipe(Effect.timeout("20 seconds"))
+          expect(left).toEqual([waiting, cancelled].sort())
+        })))
+
     it.scopedLive("prune deletes finished and errored programs older than the cutoffs; dryRun only counts", () =>
       run([Job.make("a", Effect.void)], (workers) =>
         Effect.gen(function*() {

@@ -862,19 +862,21 @@ export const makeStatements = (
       ? sql`finished_at < ${timestampParam(before)}`
       : sql`errored_at < ${timestampParam(before)} AND finished_at IS NULL`
 
-  /** Deletes up to `limit` rows in one short statement; how many it deleted. */
-  const pruneBatch = (kind: "finished" | "errored", before: Date, limit: number) => {
+  /** One batch of `prune`: a DELETE of at most `limit` rows, in the order of the index that finds them. */
+  const pruneStatement = (kind: "finished" | "errored", before: Date, limit: number) => {
     const n = lit(String(Math.max(1, Math.trunc(limit))))
     const where = prunable(kind, before)
     const order = lit(kind === "finished" ? "finished_at" : "errored_at")
     return dialect === "mysql"
-      ? Effect.map(sql`DELETE FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}`.raw, affectedRows)
-      : Effect.map(
-        sql<{ readonly id: unknown }>`DELETE FROM ${table} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}) AND ${where} RETURNING id`
-          .withoutTransform,
-        (rows) => rows.length
-      )
+      ? sql`DELETE FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}`
+      : sql`DELETE FROM ${table} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}) AND ${where} RETURNING id`
   }
+
+  /** Deletes up to `limit` rows in one short statement; how many it deleted. */
+  const pruneBatch = (kind: "finished" | "errored", before: Date, limit: number) =>
+    dialect === "mysql"
+      ? Effect.map(pruneStatement(kind, before, limit).raw, affectedRows)
+      : Effect.map(pruneStatement(kind, before, limit).withoutTransform, (rows) => rows.length)
 
   const countPrunable = (kind: "finished" | "errored", before: Date) =>
     Effect.map(
@@ -922,6 +924,7 @@ export const makeStatements = (
     resumeBatch: retrying(resumeBatch),
     pruneBatch: retrying(pruneBatch),
     countPrunable,
+    pruneStatement,
     migrate
   }
 }
