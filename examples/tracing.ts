@@ -20,7 +20,9 @@ diag.setLogger(new DiagConsoleLogger(), DiagLogLevel.WARN)
 const fetchOrders = Job.make("fetch_orders", Effect.gen(function*() {
   const ctx = yield* JobContext
   // The job's own spans are children of its step's span.
-  yield* Effect.sleep("20 millis").pipe(Effect.withSpan("shop-api.orders", { attributes: { shop: ctx.programData.shop } }))
+  yield* Effect.sleep("20 millis").pipe(
+    Effect.withSpan("shop-api.orders", { attributes: { shop: ctx.programData.shop } })
+  )
   yield* ctx.jobData.merge({ fetched: 42 })
 }))
 
@@ -45,7 +47,10 @@ const Tracing = NodeSdk.layer(() => ({
 }))
 
 const main = Effect.gen(function*() {
-  const runId = yield* ProgramExecutor.createProgram({ jobs: ["fetch_orders", "send_report"], programData: { shop: 1 } })
+  const runId = yield* ProgramExecutor.createProgram({
+    jobs: ["fetch_orders", "send_report"],
+    programData: { shop: 1 }
+  })
   yield* Effect.forkScoped(Executor.run) // usually a process of its own, with the same tracing layer
   while (true) {
     const program = yield* ProgramExecutor.get(runId).pipe(Effect.flatMap(Effect.orDie))
@@ -54,7 +59,8 @@ const main = Effect.gen(function*() {
   }
 }).pipe(Effect.scoped)
 
-const storage = SqlProgramExecutor.layerEmbedded({ filename: "./tracing-example.db" })
+const filename = process.env.TRACING_EXAMPLE_DB ?? "./tracing-example.db"
+const storage = SqlProgramExecutor.layerEmbedded({ filename })
 main.pipe(
   Effect.provide(JobLibrary.layer(fetchOrders, sendReport).pipe(Layer.provideMerge(storage), Layer.merge(Tracing))),
   NodeRuntime.runMain

@@ -2,8 +2,9 @@ import { Program } from "@program-executor/core"
 
 /**
  * The wake-up in `text` when it is a JSON object whose `runId` and `step` could name a step of a program (see
- * `Program.isValidWakeUp`), else `undefined`. Accepts nothing `Schema.parseJson(Program.WakeUp)` rejects and returns what it would (only
- * `runId`, `step` and a valid `traceparent`), without its cost; the callers leave everything else to the schema.
+ * `Program.isValidWakeUp`), else `undefined`. Accepts nothing `Schema.parseJson(Program.WakeUp)` rejects and returns
+ * what it would (only `runId`, `step` and a valid `traceparent`), without its cost; the callers leave everything else
+ * to the schema.
  */
 export const parseWakeUp = (text: string): Program.WakeUp | undefined => {
   let value: unknown
