@@ -29,7 +29,7 @@ import { Program, ProgramQueue, QueueError } from "@program-executor/core"
 import type { Delivery, ProgramRecord, Subscription } from "@program-executor/core"
 import { AmqpConnection, AmqpError, defaultReconnectSchedule } from "./AmqpConnection.js"
 import { delayBucket, delayQueueExpiry } from "./internal/delayBuckets.js"
-import { parseWakeUp } from "./internal/wakeUp.js"
+import { encodeWakeUp, parseWakeUp } from "./internal/wakeUp.js"
 
 export interface AmqpProgramQueueOptions {
   /** The main queue; delay queues are named after it. Default `program-executor`. */
@@ -328,7 +328,7 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
     const publish: ProgramQueue["Type"]["publish"] = (message, publishOptions) =>
       Effect.suspend(() => {
         const attempts: Attempts = {
-          body: Buffer.from(JSON.stringify({ runId: message.runId, step: message.step })),
+          body: encodeWakeUp(message),
           bucket: publishOptions?.delay === undefined
             ? 0
             : delayBucket(Duration.toMillis(Duration.decode(publishOptions.delay))),

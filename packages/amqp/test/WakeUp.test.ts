@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Program } from "@program-executor/core"
 import { Either, Schema } from "effect"
-import { parseWakeUp } from "../src/internal/wakeUp.js"
+import { encodeWakeUp, parseWakeUp } from "../src/internal/wakeUp.js"
 
 const decode = Schema.decodeUnknownEither(Schema.parseJson(Program.WakeUp))
 
@@ -41,7 +41,19 @@ const bodies = [
   `"r"`,
   `{"runId":"r","step":0`,
   `not json at all`,
-  ``
+  ``,
+  // A trace context is kept when it is a `traceparent`, dropped (the wake-up kept) when it is anything else.
+  `{"runId":"r","step":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}`,
+  `{"runId":"r","step":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}`,
+  `{"runId":"r","step":1,"traceparent":"00-00000000000000000000000000000000-b7ad6b7169203331-01"}`,
+  `{"runId":"r","step":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"}`,
+  `{"runId":"r","step":1,"traceparent":"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"}`,
+  `{"runId":"r","step":1,"traceparent":"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}`,
+  `{"runId":"r","step":1,"traceparent":"garbage"}`,
+  `{"runId":"r","step":1,"traceparent":42}`,
+  `{"runId":"r","step":1,"traceparent":null}`,
+  `{"runId":"r","step":1,"traceparent":{"a":1}}`,
+  `{"runId":"","step":1,"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}`
 ]
 
 describe("parseWakeUp", () => {
@@ -50,5 +62,26 @@ describe("parseWakeUp", () => {
       const decoded = decode(body)
       expect(parseWakeUp(body), body).toStrictEqual(Either.isRight(decoded) ? decoded.right : undefined)
     }
+  })
+
+  it("keeps a valid traceparent and drops a malformed one, never refusing the wake-up for it", () => {
+    const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    expect(parseWakeUp(`{"runId":"r","step":1,"traceparent":"${traceparent}"}`)).toStrictEqual({
+      runId: "r",
+      step: 1,
+      traceparent
+    })
+    for (const malformed of [`"garbage"`, `42`, `null`, `"${traceparent.toUpperCase()}"`]) {
+      expect(parseWakeUp(`{"runId":"r","step":1,"traceparent":${malformed}}`)).toStrictEqual({ runId: "r", step: 1 })
+    }
+  })
+})
+
+describe("encodeWakeUp", () => {
+  it("writes a traceparent only when the wake-up has one, and reads back as written", () => {
+    const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    expect(encodeWakeUp({ runId: "r", step: 2 }).toString("utf8")).toBe(`{"runId":"r","step":2}`)
+    const body = encodeWakeUp({ runId: "r", step: 2, traceparent }).toString("utf8")
+    expect(parseWakeUp(body)).toStrictEqual({ runId: "r", step: 2, traceparent })
   })
 })

@@ -25,7 +25,7 @@ import { ExecutorConfig, type ExecutorOptions } from "./ExecutorConfig.js"
 import { classify, type Failure } from "./internal/classify.js"
 import * as metrics from "./internal/metrics.js"
 import { nthDelay, retryOnFailure } from "./internal/retry.js"
-import { isTraced } from "./internal/tracing.js"
+import { isTraced, spanOfTraceparent, withTraceparent } from "./internal/tracing.js"
 import { JobContext, type JobContextShape } from "./JobContext.js"
 import { ExecutionTimeExceededError, FatalError, RetryableError } from "./JobError.js"
 import { JobLibrary } from "./JobLibrary.js"
@@ -93,12 +93,22 @@ interface Continuation {
 const attemptOf = (program: ProgramRecord) => program.stepRetryCount + program.stepLostCount + 1
 
 /**
- * Runs a claimed step's handling with its log annotations and, when a tracer is installed (`isTraced`), in a
- * `program-executor.step` span. The handler's fiber is the step's own (one per delivery, never joined), so both are
- * set on it for good instead of scoped with `Effect.annotateLogs` / `Effect.withSpan`, whose restoring of the
- * previous values cost as much again.
+ * What the next step of a delivery's chain links its span to: the span of the step before it on this slot (a
+ * continuation), else the span that published the wake-up (its `traceparent`, read only when traced).
  */
-const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+interface StepTrace {
+  readonly traceparent: string | undefined
+  previous: Tracer.Span | undefined
+}
+
+/**
+ * Runs a claimed step's handling with its log annotations and, when a tracer is installed (`isTraced`), in a
+ * `program-executor.step` span linked to the step before it (see `StepTrace`). The handler's fiber is the step's own
+ * (one per delivery, never joined), so both are set on it for good instead of scoped with `Effect.annotateLogs` /
+ * `Effect.withSpan`, whose restoring of the previous values cost as much again.
+ */
+const inStep = (program: ProgramRecord, trace: StepTrace) =>
+<A, E, R>(handling: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const attempt = attemptOf(program)
   // `runId` is already there: `handle` set it. The step changes along a chain of continued steps.
   const annotated = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
@@ -107,18 +117,23 @@ const inStep = (program: ProgramRecord) => <A, E, R>(handling: Effect.Effect<A, 
       HashMap.set(mutable, "job", program.jobs[program.step] ?? "")
       HashMap.set(mutable, "attempt", attempt)
     })).pipe(Effect.zipRight(handling))
-  return Effect.flatMap(isTraced, (traced) =>
-    !traced
-      ? annotated
-      : Effect.useSpan(
-        "program-executor.step",
-        {
-          attributes: { runId: program.runId, step: program.step, job: program.jobs[program.step] ?? "", attempt },
-          captureStackTrace: false
-        },
-        // Scoped to the step, unlike the annotations: the next step of a chain must not be this one's child.
-        (span) => Effect.locallyWith(annotated, FiberRef.currentContext, Context.add(Tracer.ParentSpan, span))
-      ))
+  return Effect.flatMap(isTraced, (traced) => {
+    if (!traced) return annotated
+    const previous = trace.previous ?? spanOfTraceparent(trace.traceparent)
+    return Effect.useSpan(
+      "program-executor.step",
+      {
+        attributes: { runId: program.runId, step: program.step, job: program.jobs[program.step] ?? "", attempt },
+        links: previous === undefined ? [] : [{ _tag: "SpanLink", span: previous, attributes: {} }],
+        captureStackTrace: false
+      },
+      // Scoped to the step, unlike the annotations: the next step of a chain must not be this one's child.
+      (span) => {
+        trace.previous = span
+        return Effect.locallyWith(annotated, FiberRef.currentContext, Context.add(Tracer.ParentSpan, span))
+      }
+    )
+  })
 }
 
 const keyOf = (lease: Lease) => `${lease.runId}\u0000${lease.token}`
@@ -282,7 +297,12 @@ const makeHandler = (
 ) => {
   /** Publishes a wake-up; a failure is logged, never raised: the row is committed and the sweeper will find it. */
   const wake = (runId: string, step: number, delay?: Duration.Duration) =>
-    durably("publishing the next step", queue.publish({ runId, step }, delay === undefined ? {} : { delay })).pipe(
+    durably(
+      "publishing the next step",
+      // Traced, the wake-up carries the current step's span: the step it wakes links to it (see `inStep`).
+      Effect.flatMap(withTraceparent({ runId, step }), (message) =>
+        queue.publish(message, delay === undefined ? {} : { delay }))
+    ).pipe(
       Effect.catchAll((error) =>
         Effect.logError(`could not publish step ${step}; the sweeper will recover it: ${error.message}`)
       )
@@ -694,7 +714,8 @@ const makeHandler = (
     claimedAt: number,
     restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
     delivered: boolean,
-    mayContinue: boolean
+    mayContinue: boolean,
+    trace: StepTrace
   ): Effect.Effect<Continuation | void, RepositoryError> =>
     Effect.gen(function*() {
       const lease: Lease = { runId: program.runId, step: program.step, token: program.leaseToken ?? "" }
@@ -756,7 +777,7 @@ const makeHandler = (
             fatal(`the database refused to record the step's outcome: ${error.message}`)
           )
       ),
-      inStep(program)
+      inStep(program, trace)
     )
 
   /** A wake-up that can never run a step: acknowledged, logged with its content and counted, never retried. */
@@ -793,8 +814,17 @@ const makeHandler = (
         }
         // A chain: each step continued from the one before, at most `maxConsecutiveSteps` on this delivery.
         let step: Continuation = { program: claimed.value, claimedAt }
+        const trace: StepTrace = { traceparent: delivery.message.traceparent, previous: undefined }
         for (let left = config.maxConsecutiveSteps - 1;; left--) {
-          const next = yield* runStep(step.program, slot, step.claimedAt, restore, step.program === claimed.value, left > 0)
+          const next = yield* runStep(
+            step.program,
+            slot,
+            step.claimedAt,
+            restore,
+            step.program === claimed.value,
+            left > 0,
+            trace
+          )
           if (next === undefined) break
           slot.delivery = continued(slot.delivery, next.program)
           step = next

@@ -4,6 +4,7 @@
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import { isTraceparent } from "./internal/tracing.js"
 
 /** One row of the programs table, as the executor and the API see it. Column names are the seed's. */
 export interface ProgramRecord {
@@ -74,9 +75,19 @@ export const WakeUp = Schema.Struct({
     Schema.maxLength(maxRunIdLength),
     Schema.filter((runId) => !runId.includes("\u0000") || "a runId cannot contain NUL")
   ),
-  step: Schema.Int.pipe(Schema.between(0, maxStep))
+  step: Schema.Int.pipe(Schema.between(0, maxStep)),
+  /**
+   * The W3C trace context of the span that published it, when a tracer was installed: the step it wakes links to
+   * that span. A value that is not a `traceparent` is dropped, never a reason to refuse the wake-up.
+   */
+  traceparent: Schema.optionalToOptional(Schema.Unknown, Schema.String, {
+    decode: Option.filter(isTraceparent),
+    encode: (traceparent) => traceparent
+  })
 })
 export type WakeUp = typeof WakeUp.Type
+
+export { isTraceparent }
 
 /**
  * Text as every dialect can store it: PostgreSQL refuses NUL in `text`, so it is written as the six characters

@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto"
 import * as jsonValue from "./internal/jsonValue.js"
 import * as metrics from "./internal/metrics.js"
 import { retryOnFailure } from "./internal/retry.js"
-import { withSpanIfTraced } from "./internal/tracing.js"
+import { withSpanIfTraced, withTraceparent } from "./internal/tracing.js"
 import {
   CreateProgramInput,
   defaultBatchSize,
@@ -252,8 +252,11 @@ const makeWith = (
       )
 
     // Interruptible, so that the bound holds even where the caller is not (after a commit, see `afterCommit`).
+    // Traced, the first wake-up carries the `createProgram` span: the first step links to it.
     const wakeCreated = (runId: string) =>
-      Effect.interruptible(queue.publish({ runId, step: 0 })).pipe(
+      Effect.interruptible(
+        Effect.flatMap(withTraceparent({ runId, step: 0 }), (message) => queue.publish(message))
+      ).pipe(
         Effect.timeoutFail({
           duration: createPublishTimeout,
           onTimeout: () =>
