@@ -109,7 +109,16 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
           : Option.some(Duration.seconds(stats.oldestDueAgeSeconds))
       })),
       Effect.mapError(toRepositoryError("counting programs"))
-    )
+    ),
+    insertMany: (programs) => Effect.mapError(table.insertMany(programs), toRepositoryError("inserting the programs")),
+    cancelBatch: (filter, reason, page) =>
+      Effect.mapError(table.cancelBatch(filter, reason, page), toRepositoryError("cancelling programs")),
+    resumeBatch: (filter, page) =>
+      Effect.mapError(table.resumeBatch(filter, page), toRepositoryError("resuming programs")),
+    pruneBatch: (kind, before, limit) =>
+      Effect.mapError(table.pruneBatch(kind, before, limit), toRepositoryError(`pruning ${kind} programs`)),
+    countPrunable: (kind, before) =>
+      Effect.mapError(table.countPrunable(kind, before), toRepositoryError(`counting ${kind} programs to prune`))
   }
 }
 
