@@ -40,7 +40,7 @@ export interface Server {
 }
 
 /** Starts `ProgramsHttp.serve` on port 0 for the scope of the test. */
-export const startServer = (target: Target, options: ProgramsHttp.Options = {}) =>
+export const startServer = (target: Target, options: ProgramsHttp.ServeOptions = {}) =>
   Effect.gen(function*() {
     const table = uniqueTable("http")
     const context = yield* Layer.build(
