@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { ProgramExecutor } from "@program-executor/core"
+import { Context, Effect } from "effect"
 import { call, type Server, startServer, targets } from "./support.js"
 
 const allFields = "id runId jobs jobData programData step finishedAt erroredAt errorMessage stepRetryCount createdAt updatedAt"
@@ -103,3 +104,15 @@ for (const target of targets()) {
       }))
   })
 }
+
+describe("GraphQL paging", () => {
+  it.scoped("returns every program, as the old query did, beyond one page of reads", () =>
+    Effect.gen(function*() {
+      const { context, server } = yield* startServer(targets()[0]!)
+      const executor = Context.get(context, ProgramExecutor)
+      yield* executor.createPrograms(Array.from({ length: 1005 }, () => ({ jobs: ["a"] })))
+      const programs = yield* query(server, "{ programs { id } }")
+      expect(programs.length).toBe(1005)
+      expect(new Set(programs.map((program) => program.id)).size).toBe(1005)
+    }))
+})
