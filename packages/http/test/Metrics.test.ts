@@ -116,12 +116,13 @@ for (const target of targets()) {
           Effect.map(call(server.base, "POST", "/api/programs", { body }), (reply) => reply.body.runId as string)
         yield* create({ jobs: ["a"], startAt: "2000-01-01T00:00:00Z" })
         yield* create({ jobs: ["a"], startAfter: "1 hour" })
+        yield* create({ jobs: ["a"] })
         const cancelled = yield* create({ jobs: ["a"] })
         yield* call(server.base, "POST", `/api/programs/${cancelled}/cancel`, { body: {} })
         const { samples } = yield* scrape(server.base)
-        expect(samples.get("program_executor_programs{status=\"in_progress\"}")).toBe(2)
+        expect(samples.get("program_executor_programs{status=\"in_progress\"}")).toBe(3)
         expect(samples.get("program_executor_programs{status=\"errored\"}")).toBe(1)
-        // Due since 2000: more than 25 years.
+        // The oldest, due since 2000: more than 25 years (the one due now and the one due in an hour do not count).
         expect(samples.get("program_executor_oldest_due_step_age_seconds")).toBeGreaterThan(25 * 365 * 86400)
       }))
   })
