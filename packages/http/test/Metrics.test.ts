@@ -170,6 +170,42 @@ describe("health", () => {
   }
 })
 
+const amqp = serviceUrl("AMQP_URL")
+if (amqp !== undefined && serviceUrl("DATABASE_URL") !== undefined) {
+  describe("readiness with RabbitMQ", () => {
+    it.scopedLive("/readyz is 503 when the broker cannot be reached", () =>
+      Effect.gen(function*() {
+        const proxy = yield* Effect.acquireRelease(Effect.promise(() => makeCuttingProxy(amqp)), (proxy) =>
+          Effect.promise(() => proxy.close()))
+        const table = uniqueTable("http_ready")
+        yield* Effect.addFinalizer(() => Effect.ignore(execute("pg", serviceUrl("DATABASE_URL"))(table, `DROP TABLE IF EXISTS ${table}`)))
+        const services = ProgramExecutor.layer.pipe(
+          Layer.provideMerge(
+            SqlProgramRepository.layer({ tableName: table }).pipe(
+              Layer.provide(SqlDatabase.layer(serviceUrl("DATABASE_URL")!))
+            )
+          ),
+          Layer.provideMerge(AmqpProgramQueue.layer({ queueName: table }).pipe(
+            Layer.provide(AmqpConnection.layer({ url: Redacted.make(proxy.url) }))
+          ))
+        )
+        const context = yield* Layer.build(ProgramsHttp.serve({ port: 0 }).pipe(Layer.provideMerge(services)))
+        const address = Context.get(context, HttpServer.HttpServer).address
+        const base = `http://127.0.0.1:${(address as HttpServer.TcpAddress).port}`
+        expect((yield* call(base, "GET", "/readyz")).body).toEqual({ status: "ready", database: "ok", broker: "ok" })
+        yield* Effect.promise(() => proxy.close())
+        // The connection's loss is noticed when its socket closes: poll (bounded) until the check says so.
+        const down = yield* call(base, "GET", "/readyz").pipe(
+          Effect.filterOrFail((reply) => reply.status === 503, () => new Error("/readyz still 200")),
+          Effect.retry(Schedule.spaced("200 millis")),
+          Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("/readyz stayed 200") })
+        )
+        expect(down.body.database).toBe("ok")
+        expect(down.body.broker).toContain("unreachable")
+      }).pipe(Logger.withMinimumLogLevel(LogLevel.None)))
+  })
+}
+
 describe("/api/events", () => {
   it.scopedLive("streams the server's program events as server-sent events", () =>
     Effect.gen(function*() {
