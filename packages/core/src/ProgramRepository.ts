@@ -79,6 +79,15 @@ export interface StaleQuery {
   readonly queueHead?: Date
 }
 
+/** What the table holds, for gauges. */
+export interface ProgramStats {
+  /** Neither finished nor errored. */
+  readonly inProgress: number
+  readonly errored: number
+  /** How long the oldest step that is due, unfinished, not errored and not leased has waited; none when no step is. */
+  readonly oldestDueAge: Option.Option<Duration.Duration>
+}
+
 /** One program of `insertMany`: the stored row, and whether this call created it (false: its key existed). */
 export interface InsertedProgram {
   readonly program: ProgramRecord
@@ -174,6 +183,11 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
      * `idleFor` does not get one more message per waiting step per period.
      */
     readonly findStale: (query: StaleQuery) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
+    /**
+     * Counts for monitoring (`/metrics`), read in one statement on the database's clock. Absent: the repository
+     * cannot count cheaply, and the gauges are not exported.
+     */
+    readonly stats?: Effect.Effect<ProgramStats, RepositoryError>
 
     // Batch creation, bulk operations and retention.
 

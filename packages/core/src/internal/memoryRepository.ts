@@ -336,7 +336,27 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             .slice(0, limit)
           for (const row of stale) map.set(row.runId, { ...row, updatedAt: at })
           return [stale.map((row) => ({ runId: row.runId, step: row.step })), map]
-        }))
+        })),
+
+    stats: Effect.flatMap(now, (at) =>
+      Effect.map(Ref.get(rows), (map) => {
+        let inProgressCount = 0
+        let errored = 0
+        let oldestDue: number | undefined
+        for (const row of map.values()) {
+          if (row.erroredAt !== null) errored++
+          if (!inProgress(row)) continue
+          inProgressCount++
+          const leased = row.lockedUntil !== null && row.lockedUntil > at
+          const due = row.nextRunAt.getTime()
+          if (!leased && due <= at.getTime() && (oldestDue === undefined || due < oldestDue)) oldestDue = due
+        }
+        return {
+          inProgress: inProgressCount,
+          errored,
+          oldestDueAge: oldestDue === undefined ? Option.none() : Option.some(Duration.millis(at.getTime() - oldestDue))
+        }
+      }))
   }
 
   /** Explains why a conditional update did not apply: no such program, or the wrong state for it. */
