@@ -23,6 +23,7 @@ export default defineConfig({
       project("sql", "packages/sql/test"),
       project("amqp", "packages/amqp/test"),
       project("cli", "packages/cli/test"),
+      project("http", "packages/http/test"),
       project("compat", "packages/compat/test"),
       project("examples", "examples"),
       project("e2e", "test", { singleFork: true, exclude: ["test/faults/**"] })

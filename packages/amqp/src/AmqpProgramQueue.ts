@@ -497,7 +497,16 @@ export const make = (options: AmqpProgramQueueOptions = {}) =>
         return subscription
       }).pipe(Effect.annotateLogs("queue", queueName))
 
-    return ProgramQueue.of({ publish, subscribe })
+    // The connection answers or is being re-established; the latter is "unreachable" for a readiness check.
+    const ping: Effect.Effect<void, QueueError> = connection.connected.pipe(
+      Effect.asVoid,
+      Effect.timeoutFail({
+        duration: "2 seconds",
+        onTimeout: () => new QueueError({ message: `no connection to ${connection.endpoint}` })
+      })
+    )
+
+    return ProgramQueue.of({ publish, subscribe, ping })
   })
 
 /** `ProgramQueue` on RabbitMQ, over the process's `AmqpConnection`. */

@@ -1,6 +1,8 @@
 /**
  * The program: what is stored for each run, what a caller may create, and how programs are queried.
  */
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 
 /** One row of the programs table, as the executor and the API see it. Column names are the seed's. */
@@ -42,6 +44,8 @@ export interface ProgramRecord {
    * Such a program is listed as it is, and the executor fails it with this message instead of running it.
    */
   readonly corruption: string | null
+  /** The key given at creation (`createProgram({ idempotencyKey })`), or null. At most one program per key. */
+  readonly idempotencyKey: string | null
 }
 
 export type ProgramStatus = "in_progress" | "finished" | "errored"
@@ -95,11 +99,41 @@ export const JobName = Schema.String.pipe(
   Schema.filter((name) => !name.startsWith("-") || `a job name cannot start with "-" (got ${JSON.stringify(name)})`)
 )
 
+/** Longest idempotency key: fits MySQL's indexed `VARCHAR(255)` in any character set. */
+export const maxIdempotencyKeyLength = 200
+
+export const IdempotencyKey = Schema.String.pipe(
+  Schema.nonEmptyString({ message: () => "an idempotency key must be a non-empty string" }),
+  Schema.maxLength(maxIdempotencyKeyLength, {
+    message: () => `an idempotency key must be at most ${maxIdempotencyKeyLength} characters`
+  }),
+  Schema.filter((key) => !key.includes("\u0000") || "an idempotency key cannot contain NUL")
+)
+
+/** An absolute start: a valid `Date`, or an ISO 8601 string. */
+export const StartAt = Schema.Union(Schema.ValidDateFromSelf, Schema.Date).annotations({
+  message: () => "startAt must be a valid Date or an ISO 8601 date string"
+})
+
+/** A finite, non-negative duration: milliseconds, `"10 minutes"`, or a `Duration`. */
+export const StartAfter = Schema.declare(
+  (input: unknown): input is Duration.DurationInput =>
+    (typeof input === "number" || typeof input === "string" || Duration.isDuration(input)) &&
+    Option.match(Duration.decodeUnknown(input), {
+      onNone: () => false,
+      onSome: (duration) => Duration.isFinite(duration) && (typeof input !== "number" || input >= 0)
+    }),
+  { message: () => "startAfter must be a finite duration: milliseconds, a string such as \"10 minutes\", or a Duration" }
+)
+
 /** What `createProgram` accepts. Decoded from `unknown`, since JavaScript callers and the CLI pass anything. */
 export const CreateProgramInput = Schema.Struct({
   jobs: Schema.Array(JobName).pipe(Schema.minItems(1, { message: () => "jobs must list at least one job" })),
   programData: Schema.optionalWith(JsonObject, { exact: true }),
-  jobData: Schema.optionalWith(JsonObject, { exact: true })
+  jobData: Schema.optionalWith(JsonObject, { exact: true }),
+  idempotencyKey: Schema.optionalWith(IdempotencyKey, { exact: true }),
+  startAt: Schema.optionalWith(StartAt, { exact: true }),
+  startAfter: Schema.optionalWith(StartAfter, { exact: true })
 })
 export type CreateProgramInput = typeof CreateProgramInput.Encoded
 
@@ -109,21 +143,48 @@ export interface NewProgram {
   readonly jobs: ReadonlyArray<string>
   readonly programData: Record<string, unknown>
   readonly jobData: Record<string, unknown>
+  /** At most one program per key: storing a second one returns the first instead. */
+  readonly idempotencyKey?: string
+  /** When the first step is due (`next_run_at`); absent: now. */
+  readonly startAt?: Date
+  /** The first step is due this long after the insert, by the database clock. */
+  readonly startAfter?: Duration.Duration
 }
 
 export const ListOrder = Schema.Literal("asc", "desc")
 
-/** The filters of `list`; those of the old library's GraphQL query plus status, paging and a limit. */
-export interface ListQuery {
+/**
+ * Which programs a bulk operation (`cancelMany`, `resumeMany`) or `list` looks at. Every field narrows; none: all.
+ */
+export interface ProgramFilter {
   /** Only programs neither finished nor errored. */
   readonly inProgressOnly?: boolean
   readonly status?: ProgramStatus
   readonly stepRetryCountGte?: number
+  /** The current job's name (`jobs[step]`). */
+  readonly job?: string
+  /** Created at or after this time. */
+  readonly createdAfter?: Date
+  /** Created before this time. */
+  readonly createdBefore?: Date
+  /** The runId starts with this text. */
+  readonly runIdPrefix?: string
+  /** `programData` contains this object: every key with an equal value (nested objects contained the same way). */
+  readonly dataContains?: Record<string, unknown>
+}
+
+/** The filters of `list`; those of the old library's GraphQL query plus status, search, paging and a limit. */
+export interface ListQuery extends ProgramFilter {
   readonly orderBy?: "id"
   readonly order?: "asc" | "desc"
   /** Default 100. */
   readonly limit?: number
   readonly offset?: number
+  /**
+   * Cursor: only programs after this id in the order (`id > after` ascending, `id < after` descending). Pass the last
+   * id of a page for the next one; unlike `offset`, it costs the same on every page.
+   */
+  readonly after?: number
 }
 
 export const defaultListLimit = 100
@@ -146,3 +207,121 @@ export class ProgramStateError extends Schema.TaggedError<ProgramStateError>()("
   runId: Schema.String,
   message: Schema.String
 }) {}
+
+/** What `prune` deletes: finished programs finished before a time, errored ones errored before another. */
+export interface PruneOptions {
+  /** Delete programs finished before this time. Absent: none. */
+  readonly finishedBefore?: Date
+  /** Delete programs errored (failed or cancelled) before this time. Absent: none. */
+  readonly erroredBefore?: Date
+  /** Count what would be deleted, delete nothing. */
+  readonly dryRun?: boolean
+  /** Rows per DELETE statement. Default 1000. */
+  readonly batchSize?: number
+}
+
+export interface PruneResult {
+  readonly finished: number
+  readonly errored: number
+  readonly dryRun: boolean
+}
+
+export const defaultBatchSize = 1000
+
+/** A scalar a `dataContains` pattern compares, and where: the keys from the top of `programData`. */
+export interface DataLeaf {
+  readonly path: ReadonlyArray<string>
+  readonly value: string | number | boolean | null
+}
+
+/**
+ * The leaves of a `dataContains` pattern: a program matches when every leaf's path holds an equal scalar. Nested
+ * objects are matched key by key, as PostgreSQL's `@>` and MySQL's `JSON_CONTAINS` do; arrays are refused (those two
+ * read them as "contains", a per-key `json_extract` cannot), so the filter means the same on every dialect.
+ * Returns a problem's description instead when the pattern is not such an object.
+ */
+export const dataLeaves = (pattern: unknown): ReadonlyArray<DataLeaf> | string => {
+  const leaves: Array<DataLeaf> = []
+  const walk = (value: unknown, path: ReadonlyArray<string>): string | undefined => {
+    if (value === null || typeof value === "string" || typeof value === "boolean") {
+      leaves.push({ path, value })
+      return undefined
+    }
+    if (typeof value === "number") {
+      if (!Number.isFinite(value)) return `dataContains.${path.join(".")}: a number must be finite`
+      leaves.push({ path, value })
+      return undefined
+    }
+    if (typeof value === "object" && !Array.isArray(value) && Object.getPrototypeOf(value) === Object.prototype) {
+      for (const [key, inner] of Object.entries(value)) {
+        const problem = walk(inner, [...path, key])
+        if (problem !== undefined) return problem
+      }
+      return undefined
+    }
+    const where = path.length === 0 ? "dataContains" : `dataContains.${path.join(".")}`
+    return Array.isArray(value)
+      ? `${where}: arrays cannot be matched (give the keys of objects, and scalars)`
+      : `${where}: must be a plain object, a string, a number, a boolean or null`
+  }
+  if (typeof pattern !== "object" || pattern === null || Array.isArray(pattern)) {
+    return "dataContains must be a plain object"
+  }
+  const problem = walk(pattern, [])
+  return problem ?? leaves
+}
+
+/** Whether `row` passes every field of `filter` (the memory repository's reading of what SQL does). */
+export const matchesFilter = (row: ProgramRecord, filter: ProgramFilter): boolean => {
+  const rowStatus = status(row)
+  if (filter.inProgressOnly === true && rowStatus !== "in_progress") return false
+  if (filter.status !== undefined && rowStatus !== filter.status) return false
+  if (row.stepRetryCount < (filter.stepRetryCountGte ?? 0)) return false
+  if (filter.job !== undefined && row.jobs[row.step] !== filter.job) return false
+  if (filter.createdAfter !== undefined && row.createdAt < filter.createdAfter) return false
+  if (filter.createdBefore !== undefined && row.createdAt >= filter.createdBefore) return false
+  if (filter.runIdPrefix !== undefined && !row.runId.startsWith(filter.runIdPrefix)) return false
+  if (filter.dataContains !== undefined) {
+    const leaves = dataLeaves(filter.dataContains)
+    if (typeof leaves === "string") return false
+    for (const leaf of leaves) {
+      let value: unknown = row.programData
+      for (const key of leaf.path) {
+        value = typeof value === "object" && value !== null && !Array.isArray(value) && Object.hasOwn(value, key)
+          ? (value as Record<string, unknown>)[key]
+          : undefined
+      }
+      if (value !== leaf.value) return false
+    }
+  }
+  return true
+}
+
+/** Why `filter` cannot be run, or undefined: checked before any statement, so bad input is a typed error. */
+export const filterProblem = (filter: ProgramFilter): string | undefined => {
+  if (filter.status !== undefined && !["in_progress", "finished", "errored"].includes(filter.status)) {
+    return "status must be in_progress, finished or errored"
+  }
+  const count = filter.stepRetryCountGte
+  if (count !== undefined && (!Number.isInteger(count) || count < 0)) return "stepRetryCountGte must be an integer >= 0"
+  if (filter.job !== undefined && (typeof filter.job !== "string" || filter.job === "")) {
+    return "job must be a non-empty string"
+  }
+  for (const name of ["createdAfter", "createdBefore"] as const) {
+    const date = filter[name]
+    if (date !== undefined && !(date instanceof Date && !Number.isNaN(date.getTime()))) {
+      return `${name} must be a valid Date`
+    }
+  }
+  if (filter.runIdPrefix !== undefined) {
+    if (typeof filter.runIdPrefix !== "string" || filter.runIdPrefix === "") return "runIdPrefix must be a non-empty string"
+    if (filter.runIdPrefix.length > maxRunIdLength || filter.runIdPrefix.includes("\u0000")) {
+      return `runIdPrefix must be at most ${maxRunIdLength} characters, without NUL`
+    }
+  }
+  if (filter.dataContains !== undefined) {
+    const leaves = dataLeaves(filter.dataContains)
+    if (typeof leaves === "string") return leaves
+  }
+  return undefined
+}

@@ -19,12 +19,18 @@ import { retryOnFailure } from "./internal/retry.js"
 import { withSpanIfTraced } from "./internal/tracing.js"
 import {
   CreateProgramInput,
+  defaultBatchSize,
   defaultListLimit,
+  filterProblem,
   InvalidProgramError,
   type ListQuery,
+  type NewProgram,
+  type ProgramFilter,
   type ProgramNotFoundError,
   type ProgramRecord,
-  type ProgramStateError
+  type ProgramStateError,
+  type PruneOptions,
+  type PruneResult
 } from "./Program.js"
 import { ProgramEvent, ProgramEvents } from "./ProgramEvents.js"
 import { ProgramQueue, QueueError } from "./ProgramQueue.js"
@@ -48,6 +54,29 @@ export interface ProgramExecutorService {
   readonly resume: (
     runId: string
   ) => Effect.Effect<ProgramRecord, RepositoryError | ProgramNotFoundError | ProgramStateError>
+  /**
+   * `createProgram` for many programs at once: the same validation (nothing is written if any input is invalid), all
+   * stored or none, in multi-row inserts; then their first steps are published. Returns the runIds in input order
+   * (for an input whose `idempotencyKey` was taken, the existing program's).
+   */
+  readonly createPrograms: (
+    inputs: ReadonlyArray<CreateProgramInput>
+  ) => Effect.Effect<ReadonlyArray<string>, InvalidProgramError | RepositoryError>
+  /**
+   * Cancels every program in progress matching `filter`, in batches of one guarded statement each (a program that
+   * finishes or fails meanwhile is left as it is). Returns how many it cancelled.
+   */
+  readonly cancelMany: (
+    filter: ProgramFilter,
+    reason?: string
+  ) => Effect.Effect<number, InvalidProgramError | RepositoryError>
+  /** Resumes every errored program matching `filter`, in guarded batches as `cancelMany`. Returns how many. */
+  readonly resumeMany: (filter: ProgramFilter) => Effect.Effect<number, InvalidProgramError | RepositoryError>
+  /**
+   * Deletes finished programs finished before `finishedBefore` and errored ones errored before `erroredBefore`, in
+   * batches (each its own short statement). A program in progress is never deleted. `dryRun` only counts.
+   */
+  readonly prune: (options: PruneOptions) => Effect.Effect<PruneResult, InvalidProgramError | RepositoryError>
 }
 
 const decodeInput = Schema.decodeUnknown(CreateProgramInput, { errors: "all", onExcessProperty: "error" })
@@ -107,8 +136,23 @@ const validate = (input: unknown, maxProgramBytes: number) =>
           "data elsewhere and pass a reference"
       )
     }
-    return { jobs: decoded.jobs, programData, jobData }
+    if (decoded.startAt !== undefined && decoded.startAfter !== undefined) {
+      return yield* invalid("invalid program: give startAt or startAfter, not both")
+    }
+    const valid: Omit<NewProgram, "runId"> = {
+      jobs: decoded.jobs,
+      programData,
+      jobData,
+      ...(decoded.idempotencyKey === undefined ? {} : { idempotencyKey: decoded.idempotencyKey }),
+      ...(decoded.startAt === undefined ? {} : { startAt: decoded.startAt }),
+      ...(decoded.startAfter === undefined ? {} : { startAfter: Duration.decode(decoded.startAfter) })
+    }
+    return valid
   })
+
+/** Plain creation (no key, no delay) takes the single-row insert, a prepared statement on the SQL repository. */
+const isPlain = (valid: Omit<NewProgram, "runId">) =>
+  valid.idempotencyKey === undefined && valid.startAt === undefined && valid.startAfter === undefined
 
 const validateQuery = (query: ListQuery) => {
   const { limit = defaultListLimit, offset = 0, stepRetryCountGte = 0 } = query
@@ -118,8 +162,39 @@ const validateQuery = (query: ListQuery) => {
       return Effect.fail(invalid(`invalid list query: ${name} must be an integer >= ${min}`))
     }
   }
+  if (query.after !== undefined && (!Number.isInteger(query.after) || query.after < 0)) {
+    return Effect.fail(invalid("invalid list query: after must be an integer >= 0 (the last id of the previous page)"))
+  }
+  const problem = filterProblem(query)
+  if (problem !== undefined) return Effect.fail(invalid(`invalid list query: ${problem}`))
   return Effect.succeed({ ...query, limit, offset, stepRetryCountGte })
 }
+
+const validateFilter = (filter: ProgramFilter) => {
+  if (typeof filter !== "object" || filter === null) return Effect.fail(invalid("invalid filter: must be an object"))
+  const problem = filterProblem(filter)
+  return problem === undefined ? Effect.void : Effect.fail(invalid(`invalid filter: ${problem}`))
+}
+
+const validatePrune = (options: PruneOptions) => {
+  for (const name of ["finishedBefore", "erroredBefore"] as const) {
+    const date = options[name]
+    if (date !== undefined && !(date instanceof Date && !Number.isNaN(date.getTime()))) {
+      return Effect.fail(invalid(`invalid prune: ${name} must be a valid Date`))
+    }
+  }
+  const batchSize = options.batchSize ?? defaultBatchSize
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    return Effect.fail(invalid("invalid prune: batchSize must be an integer >= 1"))
+  }
+  return Effect.succeed(batchSize)
+}
+
+/** Rows per statement of `cancelMany` and `resumeMany`. */
+const bulkBatchSize = 500
+
+/** Wake-ups published at once by a batch (confirms are pipelined: one round trip covers many). */
+const publishConcurrency = 64
 
 const publishRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
@@ -161,12 +236,149 @@ const makeWith = (
         )
       )
 
+    /**
+     * The first steps of programs just stored, each delayed until its `next_run_at` (database clock). On the first
+     * failure the rest are left to the sweeper, so a broker that is down holds the caller for one bounded attempt.
+     */
+    const wakeAllCreated = (programs: ReadonlyArray<ProgramRecord>) =>
+      Effect.forEach(programs, (program) => {
+        const delay = program.nextRunAt.getTime() - program.createdAt.getTime()
+        return queue.publish({ runId: program.runId, step: 0 }, delay > 0 ? { delay: Duration.millis(delay) } : {})
+      }, { concurrency: publishConcurrency, discard: true }).pipe(
+        Effect.interruptible,
+        Effect.timeoutFail({
+          duration: createPublishTimeout,
+          onTimeout: () => new QueueError({ message: `not confirmed within ${Duration.format(createPublishTimeout)}` })
+        }),
+        Effect.catchAll((error) =>
+          Effect.logError(`programs stored but their wake-ups could not all be published; the sweeper will: ${error.message}`)
+            .pipe(Effect.annotateLogs({ programs: programs.length }))
+        )
+      )
+
+    /** Stores validated programs (idempotency keys, delayed starts, many rows) and wakes those it created. */
+    const storeMany = (valid: ReadonlyArray<Omit<NewProgram, "runId">>) =>
+      Effect.gen(function*() {
+        const inserted = yield* repository.insertMany(valid.map((program) => ({ runId: randomUUID(), ...program })))
+        const created = inserted.filter((entry) => entry.created).map((entry) => entry.program)
+        yield* Metric.incrementBy(metrics.programsCreated, created.length)
+        yield* Effect.forEach(
+          created,
+          (program) => events.publish(ProgramEvent.ProgramCreated({ runId: program.runId, jobs: program.jobs })),
+          { discard: true }
+        )
+        if (created.length > 0) {
+          const deferred = repository.afterCommit === undefined
+            ? false
+            : yield* repository.afterCommit(wakeAllCreated(created))
+          if (!deferred) yield* wakeAllCreated(created)
+        }
+        return inserted.map((entry) => entry.program.runId)
+      })
+
+    /** Runs `batch` from the lowest id up until a batch comes back short; each batch is one guarded statement. */
+    const inBatches = (
+      batch: (page: { readonly afterId: number; readonly limit: number }) => Effect.Effect<
+        ReadonlyArray<{ readonly id: number; readonly runId: string; readonly step: number }>,
+        RepositoryError
+      >,
+      then: (
+        changed: ReadonlyArray<{ readonly id: number; readonly runId: string; readonly step: number }>
+      ) => Effect.Effect<void>
+    ) =>
+      Effect.gen(function*() {
+        let afterId = 0
+        let total = 0
+        while (true) {
+          const changed = yield* batch({ afterId, limit: bulkBatchSize })
+          total += changed.length
+          yield* then(changed)
+          if (changed.length < bulkBatchSize) return total
+          afterId = changed.reduce((max, program) => Math.max(max, program.id), afterId)
+        }
+      })
+
     return {
+      createPrograms: (inputs) =>
+        Effect.gen(function*() {
+          if (!Array.isArray(inputs)) return yield* invalid("invalid programs: createPrograms takes an array")
+          const valid: Array<Omit<NewProgram, "runId">> = []
+          for (let index = 0; index < inputs.length; index++) {
+            valid.push(
+              yield* Effect.mapError(
+                validate(inputs[index], maxProgramBytes),
+                (error) => invalid(`inputs[${index}]: ${error.message}`)
+              )
+            )
+          }
+          if (valid.length === 0) return []
+          return yield* storeMany(valid)
+        }).pipe(withSpanIfTraced("program-executor.createPrograms")),
+
+      cancelMany: (filter, reason = "cancelled") =>
+        Effect.zipRight(
+          validateFilter(filter),
+          inBatches(
+            (page) => repository.cancelBatch(filter, reason, page),
+            (changed) =>
+              Effect.zipRight(
+                Metric.incrementBy(metrics.programsCancelled, changed.length),
+                Effect.forEach(
+                  changed,
+                  (program) => events.publish(ProgramEvent.ProgramCancelled({ runId: program.runId, reason })),
+                  { discard: true }
+                )
+              )
+          )
+        ),
+
+      resumeMany: (filter) =>
+        Effect.zipRight(
+          validateFilter(filter),
+          inBatches(
+            (page) => repository.resumeBatch(filter, page),
+            (changed) =>
+              Effect.forEach(
+                changed,
+                (program) =>
+                  Effect.zipRight(
+                    events.publish(ProgramEvent.ProgramResumed({ runId: program.runId, step: program.step })),
+                    wake(program.runId, program.step)
+                  ),
+                { concurrency: publishConcurrency, discard: true }
+              )
+          )
+        ),
+
+      prune: (options) =>
+        Effect.gen(function*() {
+          const batchSize = yield* validatePrune(options)
+          const dryRun = options.dryRun === true
+          const run = (kind: "finished" | "errored", before: Date | undefined) =>
+            before === undefined
+              ? Effect.succeed(0)
+              : dryRun
+              ? repository.countPrunable(kind, before)
+              : Effect.gen(function*() {
+                let total = 0
+                while (true) {
+                  const deleted = yield* repository.pruneBatch(kind, before, batchSize)
+                  total += deleted
+                  if (deleted < batchSize) return total
+                }
+              })
+          const finished = yield* run("finished", options.finishedBefore)
+          const errored = yield* run("errored", options.erroredBefore)
+          if (!dryRun && finished + errored > 0) yield* Effect.logInfo(`pruned ${finished} finished, ${errored} errored`)
+          return { finished, errored, dryRun }
+        }),
+
       createProgram: (input) =>
         Effect.gen(function*() {
           const valid = yield* validate(input, maxProgramBytes)
+          if (!isPlain(valid)) return (yield* storeMany([valid]))[0]!
           const runId = randomUUID()
-          yield* repository.insert({ runId, ...valid })
+          yield* repository.insert({ runId, jobs: valid.jobs, programData: valid.programData, jobData: valid.jobData })
           yield* Metric.increment(metrics.programsCreated)
           yield* events.publish(ProgramEvent.ProgramCreated({ runId, jobs: valid.jobs }))
           // Inside the caller's transaction the row is not visible to workers before the commit, and a wake-up sent
@@ -230,4 +442,11 @@ export class ProgramExecutor extends Context.Tag("@program-executor/core/Program
   static readonly cancel = (runId: string, reason?: string) =>
     Effect.flatMap(ProgramExecutor, (executor) => executor.cancel(runId, reason))
   static readonly resume = (runId: string) => Effect.flatMap(ProgramExecutor, (executor) => executor.resume(runId))
+  static readonly createPrograms = (inputs: ReadonlyArray<CreateProgramInput>) =>
+    Effect.flatMap(ProgramExecutor, (executor) => executor.createPrograms(inputs))
+  static readonly cancelMany = (filter: ProgramFilter, reason?: string) =>
+    Effect.flatMap(ProgramExecutor, (executor) => executor.cancelMany(filter, reason))
+  static readonly resumeMany = (filter: ProgramFilter) =>
+    Effect.flatMap(ProgramExecutor, (executor) => executor.resumeMany(filter))
+  static readonly prune = (options: PruneOptions) => Effect.flatMap(ProgramExecutor, (executor) => executor.prune(options))
 }

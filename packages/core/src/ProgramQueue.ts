@@ -62,6 +62,11 @@ export class ProgramQueue extends Context.Tag("@program-executor/core/ProgramQue
     readonly publish: (message: WakeUp, options?: PublishOptions) => Effect.Effect<void, QueueError>
     /** Competing consumers: each message goes to one subscription. Closing the scope gives back what is unacked. */
     readonly subscribe: (options: SubscribeOptions) => Effect.Effect<Subscription, QueueError, Scope.Scope>
+    /**
+     * Succeeds when the broker answers now (readiness checks). Absent where there is nothing apart from the database
+     * to reach (the SQL queue, the memory queue).
+     */
+    readonly ping?: Effect.Effect<void, QueueError>
   }
 >() {
   /** An in-process queue with the delivery semantics of a broker (redelivery of unacked messages, delays). */

@@ -12,6 +12,7 @@ import { makeMemoryRepository } from "./internal/memoryRepository.js"
 import type {
   ListQuery,
   NewProgram,
+  ProgramFilter,
   ProgramNotFoundError,
   ProgramRecord,
   ProgramStateError,
@@ -78,6 +79,36 @@ export interface StaleQuery {
   readonly queueHead?: Date
 }
 
+/** What the table holds, for gauges. */
+export interface ProgramStats {
+  /** Neither finished nor errored. */
+  readonly inProgress: number
+  readonly errored: number
+  /** How long the oldest step that is due, unfinished, not errored and not leased has waited; none when no step is. */
+  readonly oldestDueAge: Option.Option<Duration.Duration>
+}
+
+/** One program of `insertMany`: the stored row, and whether this call created it (false: its key existed). */
+export interface InsertedProgram {
+  readonly program: ProgramRecord
+  readonly created: boolean
+}
+
+/** A program a bulk operation changed: its id (the batch cursor), runId and current step. */
+export interface ChangedProgram {
+  readonly id: number
+  readonly runId: string
+  readonly step: number
+}
+
+/** One batch of a bulk operation: programs with an id above `afterId`, in id order, at most `limit`. */
+export interface BatchPage {
+  readonly afterId: number
+  readonly limit: number
+}
+
+export type PruneKind = "finished" | "errored"
+
 export class ProgramRepository extends Context.Tag("@program-executor/core/ProgramRepository")<
   ProgramRepository,
   {
@@ -141,6 +172,41 @@ export class ProgramRepository extends Context.Tag("@program-executor/core/Progr
      * `idleFor` does not get one more message per waiting step per period.
      */
     readonly findStale: (query: StaleQuery) => Effect.Effect<ReadonlyArray<WakeUp>, RepositoryError>
+    /**
+     * Counts for monitoring (`/metrics`), read in one statement on the database's clock. Absent: the repository
+     * cannot count cheaply, and the gauges are not exported.
+     */
+    readonly stats?: Effect.Effect<ProgramStats, RepositoryError>
+
+    // Batch creation, bulk operations and retention.
+
+    /**
+     * Stores every program, all or none (one transaction), in input order. A program whose `idempotencyKey` is taken
+     * (by an earlier program, or an earlier one of the same call) is not stored: the existing row is returned with
+     * `created: false`. Race-safe through the key's unique index. `startAt` / `startAfter` set `next_run_at`.
+     */
+    readonly insertMany: (programs: ReadonlyArray<NewProgram>) => Effect.Effect<ReadonlyArray<InsertedProgram>, RepositoryError>
+    /**
+     * Cancels (as `cancel`) one batch of the programs matching `filter`: one guarded statement, so a program that
+     * finished or errored meanwhile is left alone. Returns what it cancelled; fewer than `page.limit`: the last batch.
+     */
+    readonly cancelBatch: (
+      filter: ProgramFilter,
+      reason: string,
+      page: BatchPage
+    ) => Effect.Effect<ReadonlyArray<ChangedProgram>, RepositoryError>
+    /** Resumes (as `resume`) one batch of the errored programs matching `filter`, guarded like `cancelBatch`. */
+    readonly resumeBatch: (
+      filter: ProgramFilter,
+      page: BatchPage
+    ) => Effect.Effect<ReadonlyArray<ChangedProgram>, RepositoryError>
+    /**
+     * Deletes at most `limit` programs finished (or, for `errored`, errored and not finished) before `before`; returns
+     * how many. A program in progress is never deleted, whatever happens meanwhile.
+     */
+    readonly pruneBatch: (kind: PruneKind, before: Date, limit: number) => Effect.Effect<number, RepositoryError>
+    /** How many programs `pruneBatch` would delete in all. */
+    readonly countPrunable: (kind: PruneKind, before: Date) => Effect.Effect<number, RepositoryError>
   }
 >() {
   /** Keeps programs in memory, with the same semantics as the SQL repository. For tests, yours and ours. */

@@ -4,6 +4,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { ProgramNotFoundError, ProgramRepository, ProgramStateError, type RepositoryError } from "@program-executor/core"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -98,7 +99,26 @@ export const fromTable = (table: ProgramsTable): ProgramRepository["Type"] => {
         )
       ),
     findStale: ({ idleFor, limit, queueHead }) =>
-      Effect.mapError(table.findStale(idleFor, limit, queueHead), toRepositoryError("looking for stale steps"))
+      Effect.mapError(table.findStale(idleFor, limit, queueHead), toRepositoryError("looking for stale steps")),
+    stats: table.stats.pipe(
+      Effect.map((stats) => ({
+        inProgress: stats.inProgress,
+        errored: stats.errored,
+        oldestDueAge: stats.oldestDueAgeSeconds === null
+          ? Option.none()
+          : Option.some(Duration.seconds(stats.oldestDueAgeSeconds))
+      })),
+      Effect.mapError(toRepositoryError("counting programs"))
+    ),
+    insertMany: (programs) => Effect.mapError(table.insertMany(programs), toRepositoryError("inserting the programs")),
+    cancelBatch: (filter, reason, page) =>
+      Effect.mapError(table.cancelBatch(filter, reason, page), toRepositoryError("cancelling programs")),
+    resumeBatch: (filter, page) =>
+      Effect.mapError(table.resumeBatch(filter, page), toRepositoryError("resuming programs")),
+    pruneBatch: (kind, before, limit) =>
+      Effect.mapError(table.pruneBatch(kind, before, limit), toRepositoryError(`pruning ${kind} programs`)),
+    countPrunable: (kind, before) =>
+      Effect.mapError(table.countPrunable(kind, before), toRepositoryError(`counting ${kind} programs to prune`))
   }
 }
 

@@ -32,6 +32,7 @@ describeWithService("MYSQL_URL", "the migration on MariaDB", (url) => {
         ["PRIMARY", 1],
         [`${tableName}_active_id_idx`, 3],
         [`${tableName}_due_idx`, 3],
+        [`${tableName}_idempotency_key`, 1],
         [`${tableName}_leased_idx`, 3],
         [`${tableName}_run_id_key`, 1]
       ])

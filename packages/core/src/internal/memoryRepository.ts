@@ -5,8 +5,16 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import { randomUUID } from "node:crypto"
 import type { ProgramRecord } from "../Program.js"
-import { defaultListLimit, ProgramNotFoundError, ProgramStateError, status, storableText } from "../Program.js"
-import type { Lease, ProgramRepository } from "../ProgramRepository.js"
+import {
+  defaultListLimit,
+  matchesFilter,
+  type NewProgram,
+  ProgramNotFoundError,
+  ProgramStateError,
+  status,
+  storableText
+} from "../Program.js"
+import type { ChangedProgram, InsertedProgram, Lease, ProgramRepository } from "../ProgramRepository.js"
 
 /** Stored values go through JSON, as they do in SQL, so memory-backed tests catch what a database would. */
 const jsonCopy = <A>(value: A): A => JSON.parse(JSON.stringify(value))
@@ -41,7 +49,107 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
 
   const find = (runId: string) => Ref.get(rows).pipe(Effect.map((map) => Option.fromNullable(map.get(runId))))
 
+  const newRow = (program: NewProgram, at: Date): ProgramRecord => ({
+    id: nextId++,
+    runId: program.runId,
+    jobs: [...program.jobs],
+    programData: jsonCopy(program.programData),
+    jobData: jsonCopy(program.jobData),
+    step: 0,
+    stepRetryCount: 0,
+    finishedAt: null,
+    erroredAt: null,
+    errorMessage: null,
+    createdAt: at,
+    updatedAt: at,
+    lockedBy: null,
+    lockedUntil: null,
+    leaseToken: null,
+    stepLostCount: 0,
+    nextRunAt: program.startAt !== undefined
+      ? new Date(program.startAt.getTime())
+      : program.startAfter !== undefined
+      ? plus(at, program.startAfter)
+      : at,
+    corruption: null,
+    idempotencyKey: program.idempotencyKey ?? null
+  })
+
+  /** Applies `change` to up to `page.limit` rows after `page.afterId` in id order that `guard` accepts, atomically. */
+  const updateBatch = (
+    guard: (row: ProgramRecord, now: Date) => boolean,
+    change: (row: ProgramRecord, now: Date) => Partial<ProgramRecord>,
+    page: { readonly afterId: number; readonly limit: number }
+  ) =>
+    Effect.flatMap(now, (at) =>
+      Ref.modify(rows, (map): [ReadonlyArray<ChangedProgram>, Map<string, ProgramRecord>] => {
+        const chosen = Array.from(map.values())
+          .filter((row) => row.id > page.afterId && guard(row, at))
+          .sort((a, b) => a.id - b.id)
+          .slice(0, page.limit)
+        for (const row of chosen) map.set(row.runId, { ...row, updatedAt: at, ...change(row, at) })
+        return [chosen.map((row) => ({ id: row.id, runId: row.runId, step: row.step })), map]
+      }))
+
+  const prunable = (kind: "finished" | "errored", before: Date) => (row: ProgramRecord) =>
+    kind === "finished"
+      ? row.finishedAt !== null && row.finishedAt < before
+      : row.finishedAt === null && row.erroredAt !== null && row.erroredAt < before
+
+  const batchOperations: Pick<
+    ProgramRepository["Type"],
+    "insertMany" | "cancelBatch" | "resumeBatch" | "pruneBatch" | "countPrunable"
+  > = {
+    insertMany: (programs) =>
+      Effect.flatMap(now, (at) =>
+        Ref.modify(rows, (map): [ReadonlyArray<InsertedProgram>, Map<string, ProgramRecord>] => {
+          const byKey = new Map<string, ProgramRecord>()
+          for (const row of map.values()) if (row.idempotencyKey !== null) byKey.set(row.idempotencyKey, row)
+          const result = programs.map((program): InsertedProgram => {
+            const existing = program.idempotencyKey === undefined ? undefined : byKey.get(program.idempotencyKey)
+            if (existing !== undefined) return { program: existing, created: false }
+            const row = newRow(program, at)
+            map.set(row.runId, row)
+            if (row.idempotencyKey !== null) byKey.set(row.idempotencyKey, row)
+            return { program: row, created: true }
+          })
+          return [result, map]
+        })),
+
+    cancelBatch: (filter, reason, page) =>
+      updateBatch(
+        (row) => inProgress(row) && matchesFilter(row, filter),
+        (_, at) => ({ erroredAt: at, errorMessage: storableText(reason) }),
+        page
+      ),
+
+    resumeBatch: (filter, page) =>
+      updateBatch(
+        (row) => row.erroredAt !== null && row.finishedAt === null && matchesFilter(row, filter),
+        (row, at) => ({
+          ...(row.lockedUntil !== null && row.lockedUntil > at ? {} : released),
+          erroredAt: null,
+          errorMessage: null,
+          stepRetryCount: 0,
+          stepLostCount: 0,
+          nextRunAt: at
+        }),
+        page
+      ),
+
+    pruneBatch: (kind, before, limit) =>
+      Ref.modify(rows, (map): [number, Map<string, ProgramRecord>] => {
+        const doomed = Array.from(map.values()).filter(prunable(kind, before)).slice(0, limit)
+        for (const row of doomed) map.delete(row.runId)
+        return [doomed.length, map]
+      }),
+
+    countPrunable: (kind, before) =>
+      Effect.map(Ref.get(rows), (map) => Array.from(map.values()).filter(prunable(kind, before)).length)
+  }
+
   const service: ProgramRepository["Type"] = {
+    ...batchOperations,
     insert: (program) =>
       Effect.flatMap(now, (at) =>
         Ref.modify(rows, (map) => {
@@ -63,7 +171,8 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             leaseToken: null,
             stepLostCount: 0,
             nextRunAt: at,
-            corruption: null
+            corruption: null,
+            idempotencyKey: null
           }
           return [row, map.set(row.runId, row)]
         })),
@@ -73,11 +182,11 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
     list: (query) =>
       Effect.map(Ref.get(rows), (map) => {
         const order = query.order ?? "desc"
+        const after = query.after
         return Array.from(map.values())
           .filter((row) =>
-            (!query.inProgressOnly || inProgress(row)) &&
-            (query.status === undefined || status(row) === query.status) &&
-            row.stepRetryCount >= (query.stepRetryCountGte ?? 0)
+            matchesFilter(row, query) &&
+            (after === undefined || (order === "asc" ? row.id > after : row.id < after))
           )
           .sort((a, b) => order === "asc" ? a.id - b.id : b.id - a.id)
           .slice(query.offset ?? 0, (query.offset ?? 0) + (query.limit ?? defaultListLimit))
@@ -199,7 +308,27 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
             .slice(0, limit)
           for (const row of stale) map.set(row.runId, { ...row, updatedAt: at })
           return [stale.map((row) => ({ runId: row.runId, step: row.step })), map]
-        }))
+        })),
+
+    stats: Effect.flatMap(now, (at) =>
+      Effect.map(Ref.get(rows), (map) => {
+        let inProgressCount = 0
+        let errored = 0
+        let oldestDue: number | undefined
+        for (const row of map.values()) {
+          if (row.erroredAt !== null) errored++
+          if (!inProgress(row)) continue
+          inProgressCount++
+          const leased = row.lockedUntil !== null && row.lockedUntil > at
+          const due = row.nextRunAt.getTime()
+          if (!leased && due <= at.getTime() && (oldestDue === undefined || due < oldestDue)) oldestDue = due
+        }
+        return {
+          inProgress: inProgressCount,
+          errored,
+          oldestDueAge: oldestDue === undefined ? Option.none() : Option.some(Duration.millis(at.getTime() - oldestDue))
+        }
+      }))
   }
 
   /** Explains why a conditional update did not apply: no such program, or the wrong state for it. */

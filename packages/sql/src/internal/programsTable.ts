@@ -97,6 +97,7 @@ interface Row {
   readonly lease_token: string | null
   readonly step_lost_count: number | string
   readonly next_run_at: unknown
+  readonly idempotency_key?: string | null
 }
 
 const sqliteTimestamp = /^\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(\.\d+)?)?$/
@@ -181,7 +182,8 @@ export const decodeRowWith = (row: Row, parsed: JsonColumns): ProgramRecord => {
     leaseToken: row.lease_token,
     stepLostCount: Number(row.step_lost_count),
     nextRunAt: required("next_run_at", row.next_run_at),
-    corruption: problems.length === 0 ? null : `the stored program cannot be read: ${problems.join("; ")}`
+    corruption: problems.length === 0 ? null : `the stored program cannot be read: ${problems.join("; ")}`,
+    idempotencyKey: row.idempotency_key ?? null
   }
 }
 
@@ -244,7 +246,7 @@ export const makeStatements = (
   const decodeRow = (row: Row) => decodeRowWith(row, jsonColumns)
   const columns = lit(
     "id, run_id, program_data, jobs, job_data, step, step_retry_count, finished_at, errored_at, error_message, " +
-      "created_at, updated_at, locked_by, locked_until, lease_token, step_lost_count, next_run_at"
+      "created_at, updated_at, locked_by, locked_until, lease_token, step_lost_count, next_run_at, idempotency_key"
   )
 
   // The database clock, always. PostgreSQL's now() is the statement's transaction time.
@@ -325,11 +327,8 @@ export const makeStatements = (
     )
 
   const list = (query: Program.ListQuery) => {
-    const clauses: Array<Statement.Fragment> = []
-    if (query.inProgressOnly || query.status === "in_progress") clauses.push(inProgress)
-    if (query.status === "finished") clauses.push(lit("finished_at IS NOT NULL"))
-    if (query.status === "errored") clauses.push(lit("errored_at IS NOT NULL AND finished_at IS NULL"))
-    if ((query.stepRetryCountGte ?? 0) > 0) clauses.push(sql`step_retry_count >= ${query.stepRetryCountGte ?? 0}`)
+    const clauses: Array<Statement.Fragment> = filterClauses(query)
+    if (query.after !== undefined) clauses.push(sql`id ${lit(query.order === "asc" ? ">" : "<")} ${query.after}`)
     const order = lit(query.order === "asc" ? "ASC" : "DESC")
     const limit = Math.max(0, Math.trunc(query.limit ?? 100))
     const offset = Math.max(0, Math.trunc(query.offset ?? 0))
@@ -625,6 +624,250 @@ export const makeStatements = (
     }
   }
 
+  /**
+   * Counts for `/metrics`, in one statement on the database clock. It reads the whole table: a scrape every 15 s
+   * costs little beside the executor's statements, and no index serves all three.
+   */
+  const stats = Effect.gen(function*() {
+    const oldestDue = sql`MIN(CASE WHEN ${due} THEN next_run_at END)`
+    const age = dialect === "pg"
+      ? sql`EXTRACT(EPOCH FROM (now() - ${oldestDue}))`
+      : dialect === "mysql"
+      ? sql`TIMESTAMPDIFF(MICROSECOND, ${oldestDue}, UTC_TIMESTAMP(3)) / 1000000`
+      : sql`(julianday('now') - julianday(${oldestDue})) * 86400`
+    type StatsRow = { readonly in_progress: unknown; readonly errored: unknown; readonly oldest_due_age: unknown }
+    const rows = yield* sql<StatsRow>`SELECT SUM(CASE WHEN ${inProgress} THEN 1 ELSE 0 END) AS in_progress, SUM(CASE WHEN errored_at IS NOT NULL THEN 1 ELSE 0 END) AS errored, ${age} AS oldest_due_age FROM ${table}`
+      .withoutTransform
+    const row = rows[0]
+    const count = (value: unknown) => value === null || value === undefined ? 0 : Number(value)
+    return {
+      inProgress: count(row?.in_progress),
+      errored: count(row?.errored),
+      oldestDueAgeSeconds: row?.oldest_due_age === null || row?.oldest_due_age === undefined
+        ? null
+        : Math.max(0, Number(row.oldest_due_age))
+    }
+  })
+  // -------------------------------------------------------------------------------------------------------------------
+  // Search, batch creation, bulk operations and retention.
+
+  /** The `ProgramFilter` as conditions; validated by `ProgramExecutor` before it gets here. */
+  const filterClauses = (filter: Program.ProgramFilter): Array<Statement.Fragment> => {
+    const clauses: Array<Statement.Fragment> = []
+    if (filter.inProgressOnly || filter.status === "in_progress") clauses.push(inProgress)
+    if (filter.status === "finished") clauses.push(lit("finished_at IS NOT NULL"))
+    if (filter.status === "errored") clauses.push(lit("errored_at IS NOT NULL AND finished_at IS NULL"))
+    if ((filter.stepRetryCountGte ?? 0) > 0) clauses.push(sql`step_retry_count >= ${filter.stepRetryCountGte ?? 0}`)
+    if (filter.job !== undefined) {
+      // The current job: `jobs[step]`. Not indexed: an index on it would be rewritten at every step.
+      clauses.push(
+        dialect === "pg"
+          ? sql`jobs ->> step = ${filter.job}`
+          : dialect === "mysql"
+          ? sql`JSON_UNQUOTE(JSON_EXTRACT(jobs, CONCAT('$[', step, ']'))) = ${filter.job}`
+          : sql`json_extract(jobs, '$[' || step || ']') = ${filter.job}`
+      )
+    }
+    if (filter.createdAfter !== undefined) clauses.push(sql`created_at >= ${timestampParam(filter.createdAfter)}`)
+    if (filter.createdBefore !== undefined) clauses.push(sql`created_at < ${timestampParam(filter.createdBefore)}`)
+    if (filter.runIdPrefix !== undefined) {
+      const prefix = filter.runIdPrefix
+      const pattern = `${prefix.replace(/[!%_]/g, "!$&")}%`
+      // SQLite's LIKE ignores case and takes no index here: a range on the run_id index (binary order), made exact.
+      clauses.push(
+        dialect === "sqlite"
+          ? sql`run_id >= ${prefix} AND run_id < ${`${prefix}\u{10FFFF}`} AND substr(run_id, 1, length(${prefix})) = ${prefix}`
+          : dialect === "mysql"
+          ? sql`run_id LIKE ${pattern} ESCAPE '!' AND CAST(LEFT(run_id, CHAR_LENGTH(${prefix})) AS BINARY) = CAST(${prefix} AS BINARY)`
+          : sql`run_id LIKE ${pattern} ESCAPE '!'`
+      )
+    }
+    if (filter.dataContains !== undefined) {
+      const leaves = Program.dataLeaves(filter.dataContains)
+      if (typeof leaves === "string") {
+        clauses.push(lit("1 = 0"))
+      } else if (dialect === "pg") {
+        clauses.push(sql`program_data @> ${JSON.stringify(filter.dataContains)}::jsonb`)
+      } else if (dialect === "mysql") {
+        clauses.push(sql`JSON_CONTAINS(program_data, ${JSON.stringify(filter.dataContains)})`)
+      } else {
+        for (const leaf of leaves) {
+          const path = `$${leaf.path.map((key) => `.${JSON.stringify(key)}`).join("")}`
+          const type = sql`json_type(program_data, ${path})`
+          const value = sql`json_extract(program_data, ${path})`
+          clauses.push(
+            leaf.value === null
+              ? sql`${type} = 'null'`
+              : typeof leaf.value === "boolean"
+              ? sql`${type} = ${leaf.value ? "true" : "false"}`
+              : typeof leaf.value === "number"
+              ? sql`${type} IN ('integer', 'real') AND ${value} = ${leaf.value}`
+              : sql`${type} = 'text' AND ${value} = ${leaf.value}`
+          )
+        }
+      }
+    }
+    return clauses
+  }
+
+  /** Rows per multi-row INSERT: 6 parameters a row stay far below every dialect's limit (SQLite 32,766). */
+  const insertChunk = 1000
+
+  /**
+   * One multi-row INSERT per chunk. A taken idempotency key is skipped by the key's unique index (ON CONFLICT DO
+   * NOTHING; MySQL: a no-op ON DUPLICATE KEY UPDATE), never by a read first, so concurrent callers cannot both insert.
+   */
+  const insertManyChunk = (programs: ReadonlyArray<Program.NewProgram>) =>
+    Effect.gen(function*() {
+      const json = (value: unknown) =>
+        dialect === "pg" ? sql`${JSON.stringify(value ?? null)}::jsonb` : sql`${JSON.stringify(value ?? null)}`
+      const values = programs.map((program) => {
+        const nextRunAt = program.startAt !== undefined
+          ? timestampParam(program.startAt)
+          : program.startAfter !== undefined
+          ? after(program.startAfter)
+          : now
+        return sql`(${program.runId}, ${json(program.programData)}, ${json(program.jobs)}, ${
+          json(program.jobData)
+        }, 0, 0, ${now}, ${now}, ${nextRunAt}, ${program.idempotencyKey ?? null})`
+      })
+      const head =
+        sql`INSERT INTO ${table} (run_id, program_data, jobs, job_data, step, step_retry_count, created_at, updated_at, next_run_at, idempotency_key) VALUES ${
+          sql.csv(values)
+        }`
+      const byRunId = new Map<string, ProgramRecord>()
+      if (dialect === "mysql") {
+        yield* sql`${head} ON DUPLICATE KEY UPDATE id = id`.raw
+      } else {
+        const rows = yield* sql<Row>`${head} ON CONFLICT (idempotency_key) DO NOTHING RETURNING ${columns}`
+          .withoutTransform
+        for (const row of rows) byRunId.set(row.run_id, decodeRow(row))
+      }
+      const keys = programs.flatMap((program) =>
+        program.idempotencyKey !== undefined && !byRunId.has(program.runId) ? [program.idempotencyKey] : []
+      )
+      const missing = programs.filter((program) => program.idempotencyKey === undefined && !byRunId.has(program.runId))
+      const byKey = new Map<string, ProgramRecord>()
+      if (keys.length > 0 || missing.length > 0) {
+        // A locking read (MySQL): it sees the row a concurrent caller committed while this insert waited for its key.
+        const where = sql.or([
+          ...(missing.length > 0 ? [sql.in("run_id", missing.map((program) => program.runId))] : []),
+          ...(keys.length > 0 ? [sql.in("idempotency_key", keys)] : [])
+        ])
+        const rows = yield* sql<Row>`SELECT ${columns} FROM ${table} WHERE ${where}${
+          lit(dialect === "mysql" ? " LOCK IN SHARE MODE" : "")
+        }`.withoutTransform
+        for (const row of rows) {
+          const program = decodeRow(row)
+          byRunId.set(program.runId, program)
+          if (program.idempotencyKey !== null) byKey.set(program.idempotencyKey, program)
+        }
+      }
+      return yield* Effect.forEach(programs, (program) => {
+        const own = byRunId.get(program.runId)
+        if (own !== undefined) return Effect.succeed({ program: own, created: true })
+        const existing = program.idempotencyKey === undefined ? undefined : byKey.get(program.idempotencyKey)
+        return existing !== undefined
+          ? Effect.succeed({ program: existing, created: false })
+          : Effect.fail(new SqlError({ message: `the inserted program ${program.runId} could not be read back` }))
+      })
+    })
+
+  /** All chunks in one transaction (all or nothing); it joins the caller's, if there is one. */
+  const insertMany = (programs: ReadonlyArray<Program.NewProgram>) => {
+    if (programs.length === 0) return Effect.succeed([])
+    const chunks: Array<ReadonlyArray<Program.NewProgram>> = []
+    for (let start = 0; start < programs.length; start += insertChunk) {
+      chunks.push(programs.slice(start, start + insertChunk))
+    }
+    const all = Effect.map(Effect.forEach(chunks, insertManyChunk), (results) => results.flat())
+    return chunks.length === 1 ? all : sql.withTransaction(all)
+  }
+
+  type ChangedRow = { readonly id: number | string; readonly run_id: string; readonly step: number | string }
+  const toChanged = (rows: ReadonlyArray<ChangedRow>) =>
+    rows.map((row) => ({ id: Number(row.id), runId: row.run_id, step: Number(row.step) }))
+
+  /**
+   * One guarded statement per batch: the rows after `afterId` in id order that match `filter` and `guard`, changed by
+   * `set`. The outer `guard` is checked again on each row as it is written (PostgreSQL re-checks a row changed
+   * meanwhile; MySQL locks the rows it selected first), so a program that moved since the selection is left alone.
+   */
+  const updateBatch = (
+    guard: Statement.Fragment,
+    set: Statement.Fragment,
+    filter: Program.ProgramFilter,
+    page: { readonly afterId: number; readonly limit: number }
+  ) => {
+    const n = lit(String(Math.max(1, Math.trunc(page.limit))))
+    const where = sql.and([guard, ...filterClauses(filter), sql`id > ${page.afterId}`])
+    if (dialect !== "mysql") {
+      return Effect.map(
+        sql<ChangedRow>`UPDATE ${table} SET ${set} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY id LIMIT ${n}) AND ${guard} RETURNING id, run_id, step`
+          .withoutTransform,
+        toChanged
+      )
+    }
+    return sql.withTransaction(Effect.gen(function*() {
+      const rows = yield* sql<ChangedRow>`SELECT id, run_id, step FROM ${table} WHERE ${where} ORDER BY id LIMIT ${n} FOR UPDATE`
+        .withoutTransform
+      if (rows.length === 0) return []
+      yield* sql`UPDATE ${table} SET ${set} WHERE ${sql.in("id", rows.map((row) => row.id))} AND ${guard}`.raw
+      return toChanged(rows)
+    }))
+  }
+
+  const cancelBatch = (
+    filter: Program.ProgramFilter,
+    reason: string,
+    page: { readonly afterId: number; readonly limit: number }
+  ) =>
+    updateBatch(
+      inProgress,
+      sql`errored_at = ${now}, error_message = ${Program.storableText(reason)}, updated_at = ${now}`,
+      filter,
+      page
+    )
+
+  const resumeBatch = (filter: Program.ProgramFilter, page: { readonly afterId: number; readonly limit: number }) =>
+    updateBatch(
+      lit("errored_at IS NOT NULL AND finished_at IS NULL"),
+      sql`locked_by = CASE WHEN locked_until > ${now} THEN locked_by ELSE NULL END, locked_until = CASE WHEN locked_until > ${now} THEN locked_until ELSE NULL END, errored_at = NULL, error_message = NULL, step_retry_count = 0, step_lost_count = 0, next_run_at = ${now}, updated_at = ${now}`,
+      filter,
+      page
+    )
+
+  /**
+   * What `prune` deletes, written so that an index serves it: on PostgreSQL and SQLite the partial indexes
+   * `finished_idx` / `errored_at_idx`; on MySQL `due_idx`, whose leading columns are `(finished_at, errored_at)`.
+   */
+  const prunable = (kind: "finished" | "errored", before: Date) =>
+    kind === "finished"
+      ? sql`finished_at < ${timestampParam(before)}`
+      : sql`errored_at < ${timestampParam(before)} AND finished_at IS NULL`
+
+  /** Deletes up to `limit` rows in one short statement; how many it deleted. */
+  const pruneBatch = (kind: "finished" | "errored", before: Date, limit: number) => {
+    const n = lit(String(Math.max(1, Math.trunc(limit))))
+    const where = prunable(kind, before)
+    const order = lit(kind === "finished" ? "finished_at" : "errored_at")
+    return dialect === "mysql"
+      ? Effect.map(sql`DELETE FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}`.raw, affectedRows)
+      : Effect.map(
+        sql<{ readonly id: unknown }>`DELETE FROM ${table} WHERE id IN (SELECT id FROM ${table} WHERE ${where} ORDER BY ${order} LIMIT ${n}) AND ${where} RETURNING id`
+          .withoutTransform,
+        (rows) => rows.length
+      )
+  }
+
+  const countPrunable = (kind: "finished" | "errored", before: Date) =>
+    Effect.map(
+      sql<{ readonly count: number | string | bigint }>`SELECT COUNT(*) AS count FROM ${table} WHERE ${
+        prunable(kind, before)
+      }`.withoutTransform,
+      (rows) => Number(rows[0]?.count ?? 0)
+    )
+
   const migrate = migrateOnce(client, tableName, makeMigration(client, dialect, tableName))
 
   const retrying = <Args extends ReadonlyArray<any>, A>(
@@ -657,6 +900,12 @@ export const makeStatements = (
     cancel: retrying(cancel),
     resume: retrying(resume),
     findStale: retrying(findStale),
+    stats,
+    insertMany: retrying(insertMany),
+    cancelBatch: retrying(cancelBatch),
+    resumeBatch: retrying(resumeBatch),
+    pruneBatch: retrying(pruneBatch),
+    countPrunable,
     migrate
   }
 }
@@ -673,7 +922,8 @@ const addedColumns: ReadonlyArray<{ readonly name: string; readonly type: Record
   {
     name: "step_lost_count",
     type: { pg: "integer NOT NULL DEFAULT 0", mysql: "INT NOT NULL DEFAULT 0", sqlite: "INTEGER NOT NULL DEFAULT 0" }
-  }
+  },
+  { name: "idempotency_key", type: { pg: "text", mysql: "VARCHAR(255) NULL", sqlite: "TEXT" } }
 ]
 
 /**
@@ -755,6 +1005,15 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
     })
   const plain = (statements: ReadonlyArray<Statement.Statement<unknown>>) =>
     statements.map((statement) => statement.withoutTransform)
+  /**
+   * PostgreSQL and SQLite, for idempotent creation and retention. NULL keys do not collide. The prune indexes are
+   * partial: a row in progress is in neither, so they cost nothing per step, one entry when a program ends.
+   */
+  const laterIndexes = [
+    sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("idempotency_key")} ON ${t} (idempotency_key)`,
+    sql`CREATE INDEX IF NOT EXISTS ${ix("finished_idx")} ON ${t} (finished_at) WHERE finished_at IS NOT NULL`,
+    sql`CREATE INDEX IF NOT EXISTS ${ix("errored_at_idx")} ON ${t} (errored_at) WHERE errored_at IS NOT NULL AND finished_at IS NULL`
+  ]
   const statements: Array<Effect.Effect<unknown, SqlError>> = dialect === "pg"
     ? plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
@@ -774,7 +1033,8 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   locked_until timestamptz,
   lease_token text,
   step_lost_count integer NOT NULL DEFAULT 0,
-  next_run_at timestamptz NOT NULL DEFAULT now()
+  next_run_at timestamptz NOT NULL DEFAULT now(),
+  idempotency_key text
 )`,
       sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
       // Claim, queue and sweeper: only unfinished rows are indexed, so finished history costs nothing per step.
@@ -782,7 +1042,8 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
       // Recovery of expired leases.
-      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
+      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      ...laterIndexes
     ])
     : dialect === "mysql"
     ? [
@@ -803,13 +1064,16 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   locked_until DATETIME(3) NULL,
   lease_token VARCHAR(64) NULL,
   step_lost_count INT NOT NULL DEFAULT 0,
-  next_run_at DATETIME(3) NOT NULL
+  next_run_at DATETIME(3) NOT NULL,
+  idempotency_key VARCHAR(255) NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`.withoutTransform,
       mysqlIndex("run_id_key", (name) => sql`CREATE UNIQUE INDEX ${name} ON ${t} (run_id)`),
       // No partial indexes: IS NULL is an equality lookup, so the unfinished rows are still a contiguous range.
       mysqlIndex("due_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, next_run_at)`),
       mysqlIndex("active_id_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, id)`),
-      mysqlIndex("leased_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, locked_until)`)
+      mysqlIndex("leased_idx", (name) => sql`CREATE INDEX ${name} ON ${t} (finished_at, errored_at, locked_until)`),
+      // NULL keys do not collide: programs created without a key are not limited.
+      mysqlIndex("idempotency_key", (name) => sql`CREATE UNIQUE INDEX ${name} ON ${t} (idempotency_key)`)
     ]
     : plain([
       sql`CREATE TABLE IF NOT EXISTS ${t} (
@@ -829,13 +1093,15 @@ const makeMigration = (sql: SqlClient.SqlClient, dialect: Dialect, tableName: st
   locked_until TEXT,
   lease_token TEXT,
   step_lost_count INTEGER NOT NULL DEFAULT 0,
-  next_run_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+  next_run_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+  idempotency_key TEXT
 )`,
       sql`CREATE UNIQUE INDEX IF NOT EXISTS ${ix("run_id_key")} ON ${t} (run_id)`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("due_idx")} ON ${t} (next_run_at) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("active_id_idx")} ON ${t} (id) WHERE finished_at IS NULL AND errored_at IS NULL`,
       sql`CREATE INDEX IF NOT EXISTS ${ix("errored_id_idx")} ON ${t} (id) WHERE errored_at IS NOT NULL AND finished_at IS NULL`,
-      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`
+      sql`CREATE INDEX IF NOT EXISTS ${ix("leased_idx")} ON ${t} (locked_until) WHERE finished_at IS NULL AND errored_at IS NULL`,
+      ...laterIndexes
     ])
   const all = Effect.zipRight(
     addMissingColumns(sql, dialect, tableName),

@@ -1,0 +1,2 @@
+export * as ProgramsApi from "./ProgramsApi.js"
+export * as ProgramsHttp from "./ProgramsHttp.js"
