@@ -359,6 +359,61 @@ const Detail = ({ runId, tick, onClose, onChanged }) => {
     </section>`
 }
 
+// "Resume all errored matching these filters", when the server has the bulk route (`POST api/programs/resume`):
+// its OpenAPI document says so, read once.
+const useBulkResume = () => {
+  const [available, setAvailable] = useState(false)
+  useEffect(() => {
+    request("openapi.json").then(
+      (document) => setAvailable(Boolean(document?.paths?.["/api/programs/resume"]?.post)),
+      () => setAvailable(false)
+    )
+  }, [])
+  return available
+}
+
+const BulkResume = ({ filters, onDone }) => {
+  const [busy, setBusy] = useState(false)
+  const [notice, setNotice] = useState(null)
+  // Only errored programs are resumed: with another status chosen, the table shows none of them.
+  if (filters.status !== "" && filters.status !== "errored") return null
+  // The bulk filter has no retry count: resuming by it would touch programs the table does not show.
+  const unsupported = filters.retriesGte.trim() !== ""
+  const filter = {}
+  const words = []
+  if (filters.job.trim() !== "") {
+    filter.job = filters.job.trim()
+    words.push(`whose current job is ${filter.job}`)
+  }
+  if (filters.runId.trim() !== "") {
+    filter.runIdPrefix = filters.runId.trim()
+    words.push(`whose run ID starts with ${filter.runIdPrefix}`)
+  }
+  const run = async () => {
+    const which = words.length === 0 ? "every errored program" : `every errored program ${words.join(" and ")}`
+    if (!confirm(`Resume ${which}?`)) return
+    setBusy(true)
+    setNotice(null)
+    try {
+      const { count } = await request("api/programs/resume", { body: { filter } })
+      setNotice({ kind: "ok", text: `Resumed ${count} program${count === 1 ? "" : "s"}.` })
+      onDone()
+    } catch (cause) {
+      setNotice({ kind: "error", text: cause.message })
+    } finally {
+      setBusy(false)
+    }
+  }
+  return html`
+    <div class="bulk">
+      <button type="button" class="secondary" disabled=${busy || unsupported} onClick=${run}
+        aria-describedby=${unsupported ? "bulk-note" : undefined}>Resume all errored matching these filters</button>
+      ${unsupported && html`<span id="bulk-note" class="note">Clear “Retries ≥” first: a bulk resume cannot select
+        by retries.</span>`}
+      <span class=${notice?.kind === "error" ? "notice notice-error" : "notice"} role="status">${notice?.text ?? ""}</span>
+    </div>`
+}
+
 const App = () => {
   const initial = useRef(readLocation()).current
   const [filters, setFilters] = useState(initial.filters)
@@ -369,6 +424,7 @@ const App = () => {
   const [loading, setLoading] = useState(true)
   const [updatedAt, setUpdatedAt] = useState(null)
   const { tick, mode, refresh } = useLiveTick()
+  const bulkResume = useBulkResume()
   // How many rows the operator has loaded: a refresh reloads as many, so "Load more" survives live updates.
   const loaded = useRef(pageSize)
   // Only the answer to the latest request is shown: a slow answer for an older filter never overwrites a newer one.
@@ -437,11 +493,14 @@ const App = () => {
     ${error !== null && html`<p class="alert" role="alert">${error.message}</p>`}
     <main class=${selected === null ? "layout" : "layout with-detail"}>
       <section class="list" aria-label="Programs">
-        <p class="count" aria-live="polite">${loading && programs.length === 0
-          ? "Loading…"
-          : programs.length === 0
-          ? "No program matches these filters."
-          : `${programs.length}${nextAfter !== null ? "+" : ""} program${programs.length === 1 ? "" : "s"}`}</p>
+        <div class="list-bar">
+          <p class="count" aria-live="polite">${loading && programs.length === 0
+            ? "Loading…"
+            : programs.length === 0
+            ? "No program matches these filters."
+            : `${programs.length}${nextAfter !== null ? "+" : ""} program${programs.length === 1 ? "" : "s"}`}</p>
+          ${bulkResume && html`<${BulkResume} filters=${filters} onDone=${refresh} />`}
+        </div>
         ${programs.length > 0 && html`
           <div class="table-scroll">
             <${ProgramsTable} programs=${programs} selected=${selected} onSelect=${setSelected} now=${now}
