@@ -84,6 +84,12 @@ export const ListParams = Schema.Struct({
   job: optional(Schema.String),
   /** Programs whose runId starts with this. */
   runId: optional(Schema.String),
+  /** Created at or after this time (ISO 8601). */
+  createdAfter: optional(Schema.Date),
+  /** Created before this time (ISO 8601). */
+  createdBefore: optional(Schema.Date),
+  /** Programs whose programData contains this JSON object (`{"shop":1}`). */
+  dataContains: optional(Schema.parseJson(JsonObject)),
   order: optional(Schema.Literal("asc", "desc")),
   limit: optional(Count.pipe(Schema.between(1, 1000))),
   /** The `nextAfter` of the previous page: programs past this id in the chosen order. */
@@ -94,10 +100,29 @@ export type ListParams = typeof ListParams.Type
 export const CreateBody = Schema.Struct({
   jobs: Schema.Array(Schema.String),
   programData: optional(JsonObject),
-  jobData: optional(JsonObject)
+  jobData: optional(JsonObject),
+  /** At most one program per key: a second create with it returns the first program's runId. */
+  idempotencyKey: optional(Schema.String),
+  /** When the first step is due (ISO 8601). */
+  startAt: optional(Schema.String),
+  /** The first step is due this long after creation: milliseconds or a duration such as "10 minutes". */
+  startAfter: optional(Schema.Union(Schema.Number, Schema.String))
 })
 
 export const CancelBody = Schema.Struct({ reason: optional(Schema.String) })
+
+/** Which programs a bulk cancel or resume touches. Every field narrows; `{}` is every program. */
+export const BulkFilter = Schema.Struct({
+  job: optional(Schema.String),
+  runIdPrefix: optional(Schema.String),
+  createdAfter: optional(Schema.Date),
+  createdBefore: optional(Schema.Date),
+  dataContains: optional(JsonObject)
+})
+
+export const BulkCancelBody = Schema.Struct({ filter: BulkFilter, reason: optional(Schema.String) })
+export const BulkResumeBody = Schema.Struct({ filter: BulkFilter })
+export const BulkResult = Schema.Struct({ count: Schema.Number })
 
 const runIdParam = HttpApiSchema.param("runId", Schema.String)
 
@@ -136,6 +161,20 @@ export class ProgramsGroup extends HttpApiGroup.make("programs")
       .addError(ProgramNotFound)
       .addError(ProgramConflict)
       .annotate(OpenApi.Summary, "Run an errored or cancelled program again from the step where it stopped")
+  )
+  .add(
+    HttpApiEndpoint.post("cancelMany", "/api/programs/cancel")
+      .setPayload(BulkCancelBody)
+      .addSuccess(BulkResult)
+      .addError(InvalidRequest)
+      .annotate(OpenApi.Summary, "Cancel every program in progress that matches the filter; returns how many")
+  )
+  .add(
+    HttpApiEndpoint.post("resumeMany", "/api/programs/resume")
+      .setPayload(BulkResumeBody)
+      .addSuccess(BulkResult)
+      .addError(InvalidRequest)
+      .annotate(OpenApi.Summary, "Resume every errored program that matches the filter; returns how many")
   )
   .addError(StorageUnavailable)
 {}

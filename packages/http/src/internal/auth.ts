@@ -1,7 +1,9 @@
 import type * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createHash, timingSafeEqual } from "node:crypto"
 
@@ -119,5 +121,15 @@ export const middleware = (options: AuthOptions) => (app: HttpApp.Default): Http
         )
       }
     }
-    return yield* app
+    return yield* app.pipe(
+      // A body that is not JSON fails before the API's decoder sees it; it answers like any other bad input.
+      // (The API's decoder turns that read failure into a defect.)
+      Effect.catchSomeDefect((defect) =>
+        HttpServerError.isServerError(defect) && defect._tag === "RequestError"
+          ? Option.some(
+            Effect.succeed(problem(400, "HttpApiDecodeError", `the request could not be read: ${defect.message}`))
+          )
+          : Option.none()
+      )
+    )
   })

@@ -3,6 +3,7 @@ import { type Program, ProgramExecutor } from "@program-executor/core"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import {
+  type BulkFilter,
   InvalidRequest,
   type ListParams,
   ProgramConflict,
@@ -41,10 +42,24 @@ type ApiErrorOf<E> = E extends { readonly _tag: "InvalidProgramError" } ? Invali
 const toApi = <A, E extends CoreError, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, ApiErrorOf<E>, R> =>
   Effect.mapError(effect, (error) => toApiError(error) as ApiErrorOf<E>)
 
+/** Only the fields that are set: the core's queries are exact optional properties. */
+const defined = <A extends Record<string, unknown>>(value: A): { [K in keyof A]?: Exclude<A[K], undefined> } =>
+  Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as any
+
+export const toFilter = (filter: typeof BulkFilter.Type): Program.ProgramFilter => defined({ ...filter })
+
 export const toListQuery = (params: ListParams): Program.ListQuery => ({
-  ...(params.status === undefined ? {} : { status: params.status }),
-  ...(params.inProgressOnly === undefined ? {} : { inProgressOnly: params.inProgressOnly }),
-  ...(params.retriesGte === undefined ? {} : { stepRetryCountGte: params.retriesGte }),
+  ...defined({
+    status: params.status,
+    inProgressOnly: params.inProgressOnly,
+    stepRetryCountGte: params.retriesGte,
+    job: params.job,
+    runIdPrefix: params.runId,
+    createdAfter: params.createdAfter,
+    createdBefore: params.createdBefore,
+    dataContains: params.dataContains,
+    after: params.after
+  }),
   orderBy: "id",
   order: params.order ?? "desc",
   limit: params.limit ?? 50
@@ -74,9 +89,14 @@ export const programsHandlers = HttpApiBuilder.group(ProgramsApi, "programs", (h
           }))
         ))
       .handle("create", ({ payload }) =>
-        toApi(executor.createProgram(payload)).pipe(Effect.map((runId) => ({ runId }))))
+        // startAfter is checked by the core, which names what is wrong with it.
+        toApi(executor.createProgram(payload as Program.CreateProgramInput)).pipe(Effect.map((runId) => ({ runId }))))
       .handle("cancel", ({ path, payload }) =>
         toApi(executor.cancel(path.runId, payload.reason)).pipe(Effect.map(view)))
       .handle("resume", ({ path }) =>
         toApi(executor.resume(path.runId)).pipe(Effect.map(view)))
+      .handle("cancelMany", ({ payload }) =>
+        toApi(executor.cancelMany(toFilter(payload.filter), payload.reason)).pipe(Effect.map((count) => ({ count }))))
+      .handle("resumeMany", ({ payload }) =>
+        toApi(executor.resumeMany(toFilter(payload.filter))).pipe(Effect.map((count) => ({ count }))))
   }))
