@@ -265,12 +265,8 @@ const Detail = ({ runId, tick, onClose, onChanged }) => {
   const [reason, setReason] = useState("")
   const heading = useRef(null)
 
-  useEffect(() => {
-    setProgram(null)
-    setNotice(null)
-    setReason("")
-    heading.current?.focus()
-  }, [runId])
+  // Keyed by runId (see App), so a newly opened program starts empty: never the previous one's data under its title.
+  useEffect(() => heading.current?.focus(), [])
 
   useEffect(() => {
     let current = true
@@ -510,7 +506,7 @@ const App = () => {
           <button type="button" class="secondary load-more" onClick=${loadMore}>Load more</button>`}
       </section>
       ${selected !== null && html`
-        <${Detail} runId=${selected} tick=${tick} onClose=${() => setSelected(null)} onChanged=${refresh} />`}
+        <${Detail} key=${selected} runId=${selected} tick=${tick} onClose=${() => setSelected(null)} onChanged=${refresh} />`}
     </main>`
 }
 
