@@ -3,7 +3,8 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { ProgramEvents, ProgramExecutor } from "@program-executor/core"
 import { Context, Effect, Layer } from "effect"
 import { serviceUrl } from "../../core/test/utils/services.js"
-import { type Backend, execute, storage } from "../../sql/test/utils.js"
+import { SqlClient } from "@effect/sql"
+import { type Backend, database, execute, storage } from "../../sql/test/utils.js"
 import { ProgramsHttp } from "../src/index.js"
 
 export interface Target {
@@ -37,10 +38,12 @@ export interface Server {
   readonly table: string
   /** Runs a raw statement on the test's database (rows changed by hand). */
   readonly sql: (statement: string) => Effect.Effect<void, unknown>
+  /** The rows of a raw query, as the driver returns them. */
+  readonly rows: (statement: string) => Effect.Effect<ReadonlyArray<Record<string, unknown>>, unknown>
 }
 
 /** Starts `ProgramsHttp.serve` on port 0 for the scope of the test. */
-export const startServer = (target: Target, options: ProgramsHttp.Options = {}) =>
+export const startServer = (target: Target, options: ProgramsHttp.ServeOptions = {}) =>
   Effect.gen(function*() {
     const table = uniqueTable("http")
     const context = yield* Layer.build(
@@ -51,7 +54,10 @@ export const startServer = (target: Target, options: ProgramsHttp.Options = {}) 
     const server: Server = {
       base: `http://127.0.0.1:${address.port}`,
       table,
-      sql: (statement) => execute(target.backend, target.url)(table, statement)
+      sql: (statement) => execute(target.backend, target.url)(table, statement),
+      rows: (statement) =>
+        Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe<Record<string, unknown>>(statement).withoutTransform)
+          .pipe(Effect.provide(database(target.backend, table, target.url)))
     }
     return { server, context }
   })
