@@ -42,10 +42,11 @@ const request = async (path, options = {}) => {
     body = null
   }
   if (!response.ok) {
-    const message = body && typeof body.message === "string"
+    // A 401 here means the sign-in cookie is gone: reloading leads to the sign-in page.
+    const message = response.status === 401
+      ? "Not signed in (any more): reload the page to sign in."
+      : body && typeof body.message === "string"
       ? body.message
-      : response.status === 401
-      ? "This server needs a token: reload the page to log in."
       : response.status === 403
       ? "The server refused this (read-only or not allowed)."
       : `The server answered ${response.status}.`
@@ -301,7 +302,7 @@ const Detail = ({ runId, tick, onClose, onChanged }) => {
   const resume = () => act("resume", {}, "Resumed: the step runs again.")
 
   return html`
-    <section class="detail" aria-labelledby="detail-title">
+    <section class="detail" aria-labelledby="detail-title" onKeyDown=${(e) => e.key === "Escape" && onClose()}>
       <header class="detail-header">
         <h2 id="detail-title" tabindex="-1" ref=${heading}>Program <code>${runId}</code></h2>
         <button type="button" class="secondary" onClick=${onClose} aria-label="Close program details">Close</button>
@@ -471,16 +472,17 @@ const App = () => {
 
   const now = updatedAt?.getTime() ?? Date.now()
 
+  // The status region holds the mode only: a screen reader is not told the time at every refresh.
   return html`
     <header class="top">
       <h1>Programs</h1>
-      <p class="live" role="status" aria-live="polite">
+      <p class="live">
         <span class=${`dot dot-${error !== null ? "down" : mode}`} aria-hidden="true"></span>
-        ${error !== null
+        <span role="status">${error !== null
           ? "Not updating"
           : mode === "live"
           ? "Live"
-          : "Refreshing every few seconds"}
+          : "Refreshing every few seconds"}</span>
         ${updatedAt !== null && html`<span>${" · updated "}<time datetime=${updatedAt.toISOString()}>
           ${updatedAt.toLocaleTimeString()}</time></span>`}
       </p>
