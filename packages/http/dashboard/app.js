@@ -1,8 +1,10 @@
 // The operators' dashboard: one ES module, no build step. Preact and htm come from the `htm` package's standalone
 // bundle, served by the same server (no CDN), so the page works on a machine without internet.
-import { html, render, useCallback, useEffect, useRef, useState } from "./vendor/htm-preact.js"
+import { html, render, useEffect, useRef, useState } from "./vendor/htm-preact.js"
 
 const pageSize = 50
+// The API's largest page: past it, narrowing the filters is the way to find a program.
+const maxRows = 1000
 // Polling every few seconds keeps the table fresh without load (see useLiveTick for the event stream beside it).
 const pollEvery = 2500
 
@@ -62,7 +64,6 @@ const listUrl = (filters, options) => {
     if (value !== "") params.set(key, value)
   }
   params.set("limit", String(options.limit))
-  if (options.after !== undefined) params.set("after", String(options.after))
   return `api/programs?${params}`
 }
 
@@ -437,7 +438,7 @@ const App = () => {
     setLoading(true)
     // Typing in a text filter sends one request once the operator pauses, not one per key.
     const timer = setTimeout(() => {
-      request(listUrl(filters, { limit: Math.min(loaded.current, 1000) })).then(
+      request(listUrl(filters, { limit: loaded.current })).then(
         (page) => {
           if (mine !== generation.current) return
           setPrograms(page.programs)
@@ -456,19 +457,12 @@ const App = () => {
     return () => clearTimeout(timer)
   }, [filters, tick])
 
-  const loadMore = useCallback(async () => {
-    if (nextAfter === null) return
-    const mine = ++generation.current
-    try {
-      const page = await request(listUrl(filters, { limit: pageSize, after: nextAfter }))
-      if (mine !== generation.current) return
-      setPrograms((rows) => [...rows, ...page.programs])
-      setNextAfter(page.nextAfter)
-      loaded.current += pageSize
-    } catch (cause) {
-      if (mine === generation.current) setError(cause)
-    }
-  }, [filters, nextAfter])
+  // "Load more" asks for a longer first page rather than the next one: every refresh then reloads all the rows shown,
+  // in one request, and a row never shows twice or goes missing when programs are created between two pages.
+  const loadMore = () => {
+    loaded.current = Math.min(loaded.current + pageSize, maxRows)
+    refresh()
+  }
 
   const now = updatedAt?.getTime() ?? Date.now()
 
@@ -504,8 +498,9 @@ const App = () => {
             <${ProgramsTable} programs=${programs} selected=${selected} onSelect=${setSelected} now=${now}
               loading=${loading} />
           </div>`}
-        ${nextAfter !== null && html`
-          <button type="button" class="secondary load-more" onClick=${loadMore}>Load more</button>`}
+        ${nextAfter !== null && (loaded.current < maxRows
+          ? html`<button type="button" class="secondary load-more" onClick=${loadMore}>Load more</button>`
+          : html`<p class="note">The first ${maxRows} programs are shown: narrow the filters to find others.</p>`)}
       </section>
       ${selected !== null && html`
         <${Detail} key=${selected} runId=${selected} tick=${tick} onClose=${() => setSelected(null)} onChanged=${refresh} />`}

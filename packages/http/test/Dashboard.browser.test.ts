@@ -254,6 +254,46 @@ suite(() => {
     })
   }
 
+  describe("more programs than a page", () => {
+    const scope = Effect.runSync(Scope.make())
+    let server: Server
+    let runIds: ReadonlyArray<string>
+
+    beforeAll(async () => {
+      const started = await Effect.runPromise(Scope.extend(startServer(targets()[0]!), scope))
+      server = started.server
+      runIds = await Effect.runPromise(Effect.provide(
+        Effect.forEach(Array.from({ length: 52 }, (_, shop) => shop), (shop) =>
+          ProgramExecutor.createProgram({ jobs, programData: { shop } })),
+        started.context
+      ))
+    })
+    afterAll(() => Effect.runPromise(Scope.close(scope, Exit.void)))
+
+    it("shows the newest 50, loads the rest on demand, and keeps them through the next refresh", async () => {
+      const page = await browser.newPage({ viewport: { width: 1360, height: 760 } })
+      try {
+        await page.goto(`${server.base}/`)
+        await waitForRows(page, runIds.slice(2))
+        expect(await page.locator(".count").textContent()).toBe("50+ programs")
+        await page.getByRole("button", { name: "Load more" }).click()
+        await waitForRows(page, runIds)
+        expect(await page.locator(".count").textContent()).toBe("52 programs")
+        expect(await page.getByRole("button", { name: "Load more" }).count()).toBe(0)
+        // The next refresh (its time changes) reloads all 52, not the first page.
+        const refreshed = await page.locator(".live time").getAttribute("datetime")
+        await page.waitForFunction(
+          (before) => (globalThis as any).document.querySelector(".live time")?.getAttribute("datetime") !== before,
+          refreshed,
+          { timeout: bound }
+        )
+        await waitForRows(page, runIds)
+      } finally {
+        await page.close()
+      }
+    }, 60_000)
+  })
+
   describe("behind a token, read-only", () => {
     const scope = Effect.runSync(Scope.make())
     const token = "dashboard-token"
