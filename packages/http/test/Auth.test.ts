@@ -10,7 +10,7 @@ const token = "s3cret-token"
 const bearer = { authorization: `Bearer ${token}` }
 
 describe("token", () => {
-  it.scoped("every route but /healthz needs the token; a wrong one is refused", () =>
+  it.scopedLive("every route but /healthz needs the token; a wrong one is refused", () =>
     Effect.gen(function*() {
       const { server } = yield* startServer(sqlite, { token: Redacted.make(token) })
       for (const path of ["/api/programs", "/openapi.json", "/metrics", "/readyz", "/graphql?query={programs{id}}", "/api/events"]) {
@@ -35,7 +35,7 @@ describe("token", () => {
       expect(create.status).toBe(201)
     }))
 
-  it.scoped("a browser signs in with the form or ?token= once and then holds a cookie", () =>
+  it.scopedLive("a browser signs in with the form or ?token= once and then holds a cookie", () =>
     Effect.gen(function*() {
       const { server } = yield* startServer(sqlite, { token: Redacted.make(token) })
       const html = { accept: "text/html" }
@@ -68,7 +68,7 @@ describe("token", () => {
 })
 
 describe("read-only", () => {
-  it.scoped("refuses every mutating route with 403 and writes nothing; reads and GraphQL queries work", () =>
+  it.scopedLive("refuses every mutating route with 403 and writes nothing; reads and GraphQL queries work", () =>
     Effect.gen(function*() {
       const { server } = yield* startServer(sqlite, { readOnly: true })
       const runId = "00000000-0000-4000-8000-000000000000"
@@ -88,7 +88,7 @@ describe("read-only", () => {
 })
 
 describe("cross-site requests", () => {
-  it.scoped("a mutating request needs a JSON body or the x-program-executor header", () =>
+  it.scopedLive("a mutating request needs a JSON body or the x-program-executor header", () =>
     Effect.gen(function*() {
       const { server } = yield* startServer(sqlite)
       // What an HTML form on another site can send.
@@ -111,7 +111,7 @@ describe("cross-site requests", () => {
 })
 
 describe("exposure", () => {
-  it.scoped("warns when bound to a non-loopback address without a token, not with one", () =>
+  it.scopedLive("warns when bound to a non-loopback address without a token, not with one", () =>
     Effect.gen(function*() {
       const messages: Array<string> = []
       const capture = Logger.replace(
@@ -128,7 +128,7 @@ describe("exposure", () => {
 })
 
 describe("dashboard files", () => {
-  it.scoped("serves / and /dashboard/* from the dashboard directory, nothing outside it", () =>
+  it.scopedLive("serves / and /dashboard/* from the dashboard directory, nothing outside it", () =>
     Effect.gen(function*() {
       const root = mkdtempSync(join(tmpdir(), "pe-dashboard-"))
       mkdirSync(join(root, "site"))
@@ -150,7 +150,7 @@ describe("dashboard files", () => {
       }
     }))
 
-  it.scoped("the package's own dashboard page is served at /", () =>
+  it.scopedLive("the package's own dashboard page is served at /", () =>
     Effect.gen(function*() {
       const { server } = yield* startServer(sqlite)
       const index = yield* call(server.base, "GET", "/")

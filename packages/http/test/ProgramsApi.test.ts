@@ -6,7 +6,7 @@ const json = { "content-type": "application/json" }
 
 for (const target of targets()) {
   describe(`JSON API on ${target.backend}`, () => {
-    it.scoped("creates a program and reads it back", () =>
+    it.scopedLive("creates a program and reads it back", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const created = yield* call(server.base, "POST", "/api/programs", {
@@ -31,7 +31,7 @@ for (const target of targets()) {
         expect(new Date(got.body.createdAt).getTime()).not.toBeNaN()
       }))
 
-    it.scoped("bad input is a 400 and writes nothing", () =>
+    it.scopedLive("bad input is a 400 and writes nothing", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const bad: ReadonlyArray<{ readonly raw?: string; readonly body?: unknown; readonly tag: string }> = [
@@ -55,7 +55,7 @@ for (const target of targets()) {
         expect(listed.body.programs).toEqual([])
       }))
 
-    it.scoped("an unknown runId is a 404 for get, cancel and resume", () =>
+    it.scopedLive("an unknown runId is a 404 for get, cancel and resume", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const runId = "00000000-0000-4000-8000-000000000000"
@@ -68,7 +68,7 @@ for (const target of targets()) {
         }
       }))
 
-    it.scoped("cancels, refuses a second cancel (409), resumes, refuses resuming a running program (409)", () =>
+    it.scopedLive("cancels, refuses a second cancel (409), resumes, refuses resuming a running program (409)", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const { runId } = (yield* call(server.base, "POST", "/api/programs", { body: { jobs: ["a", "b"] } })).body
@@ -93,7 +93,7 @@ for (const target of targets()) {
         expect(running.body._tag).toBe("ProgramConflict")
       }))
 
-    it.scoped("lists with filters and cursor pagination", () =>
+    it.scopedLive("lists with filters and cursor pagination", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const create = (body: unknown) =>
@@ -127,7 +127,7 @@ for (const target of targets()) {
         expect(second.body.nextAfter).toBeNull()
       }))
 
-    it.scoped("refuses bad list parameters with 400", () =>
+    it.scopedLive("refuses bad list parameters with 400", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         for (const query of ["limit=0", "limit=abc", "status=bogus", "retriesGte=-1", "after=x", "dataContains=[1]"]) {
@@ -137,7 +137,7 @@ for (const target of targets()) {
         }
       }))
 
-    it.scoped("cancels and resumes in bulk by filter", () =>
+    it.scopedLive("cancels and resumes in bulk by filter", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const create = (body: unknown) =>
@@ -160,7 +160,7 @@ for (const target of targets()) {
         expect(bad.status).toBe(400)
       }))
 
-    it.scoped("serves its OpenAPI document and an explorer", () =>
+    it.scopedLive("serves its OpenAPI document and an explorer", () =>
       Effect.gen(function*() {
         const { server } = yield* startServer(target)
         const spec = yield* call(server.base, "GET", "/openapi.json")
