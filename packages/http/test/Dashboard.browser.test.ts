@@ -160,6 +160,8 @@ suite(() => {
           await page.goto(`${server.base}/`)
           await waitForRows(page, all)
           expect(await page.locator("h1").textContent()).toBe("Programs")
+          // Subscribed to the server's events.
+          await page.locator(".live [role=status]", { hasText: "Live" }).waitFor({ timeout: bound })
           expect(await row(page, programs.retrying).locator("td").allTextContents()).toEqual([
             programs.retrying,
             "In progress",
@@ -318,8 +320,9 @@ suite(() => {
         expect(new URL(page.url()).pathname).toBe("/login")
         await page.getByLabel("Token").fill(token)
         await page.getByRole("button", { name: "Sign in" }).click()
-        // The page, its module, htm's bundle and the API calls all pass with the cookie.
+        // The page, its module, htm's bundle, the API calls and the event stream all pass with the cookie.
         await waitForRows(page, [runId])
+        await page.locator(".live [role=status]", { hasText: "Live" }).waitFor({ timeout: bound })
         await page.getByRole("button", { name: `Open program ${runId}` }).click()
         const detail = page.getByRole("region", { name: `Program ${runId}` })
         page.once("dialog", (dialog) => void dialog.accept())
