@@ -10,7 +10,15 @@ import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as Usage from "@effect/cli/Usage"
 import * as ValidationError from "@effect/cli/ValidationError"
-import { Executor, ExecutorConfig, type Job, JobLibrary, ProgramExecutor, ProgramNotFoundError } from "@program-executor/core"
+import {
+  Executor,
+  ExecutorConfig,
+  type Job,
+  JobLibrary,
+  ProgramEvents,
+  ProgramExecutor,
+  ProgramNotFoundError
+} from "@program-executor/core"
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as Console from "effect/Console"
@@ -22,8 +30,10 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
+import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import { ProgramsHttp } from "@program-executor/http"
 import { readFileSync } from "node:fs"
 import * as Backend from "./Backend.js"
 import { programDetails, programJson, programTable } from "./internal/format.js"
@@ -329,11 +339,58 @@ const migrate = Command.make(
       withBackend(flags, Console.log(`table ready on ${Backend.describe(options)}`)))
 ).pipe(Command.withDescription("Create or update the programs table (workers and other commands also do it)"))
 
+// serve
+
+const port = Options.integer("port").pipe(
+  Options.withDescription("The HTTP port (0: any free port). Default: 8080"),
+  Options.withDefault(ProgramsHttp.defaultPort)
+)
+const host = Options.text("host").pipe(
+  Options.withDescription("The address to bind. Default: 127.0.0.1 (this machine only)"),
+  Options.withDefault(ProgramsHttp.defaultHost)
+)
+const token = Options.redacted("token").pipe(
+  Options.withDescription("Required by every route but /healthz (Bearer, or the /login cookie). Env: PE_HTTP_TOKEN"),
+  Options.optional
+)
+const readOnly = Options.boolean("read-only").pipe(
+  Options.withDescription("Refuse every route that changes something (create, cancel, resume)")
+)
+
+const serve = Command.make(
+  "serve",
+  { ...backendOptions, port, host, token, readOnly },
+  (flags) =>
+    Effect.gen(function*() {
+      const backend = yield* resolveBackend(flags)
+      const fromEnvToken = Option.map(yield* fromEnv("PE_HTTP_TOKEN"), Redacted.make)
+      const chosenToken = Option.getOrUndefined(Option.orElse(flags.token, () => fromEnvToken))
+      const server = ProgramsHttp.serve({
+        port: flags.port,
+        host: flags.host,
+        token: chosenToken,
+        readOnly: flags.readOnly
+      }).pipe(
+        Layer.mapError((error) => new CliError({ message: `cannot listen on ${flags.host}:${flags.port}: ${messageOf(error)}` }))
+      )
+      yield* Effect.logInfo(
+        `serving ${Backend.describe(backend)}${chosenToken === undefined ? "" : " (token required)"}` +
+          `${flags.readOnly ? " read-only" : ""}`
+      )
+      // The events of this process's executor feed /api/events: the server and the executor share one hub.
+      return yield* Layer.launch(server).pipe(
+        (effect) => withBackend(flags, effect, "wait"),
+        Effect.provide(ProgramEvents.layer()),
+        Effect.provide(workerLogger)
+      )
+    })
+).pipe(Command.withDescription("Serve the HTTP API, GraphQL, /metrics and the dashboard over the configured storage"))
+
 export const command = Command.make("program-executor").pipe(
   Command.withDescription(
     "Fault-tolerant programs of jobs. Without --database-url / DATABASE_URL, everything runs on ./program-executor.db"
   ),
-  Command.withSubcommands([worker, create, list, show, cancel, resume, migrate])
+  Command.withSubcommands([worker, create, list, show, cancel, resume, migrate, serve])
 )
 
 export const messageOf = (error: unknown): string => {
