@@ -28,6 +28,7 @@ import * as GraphQL from "./internal/graphql.js"
 import { programsHandlers } from "./internal/handlers.js"
 import * as Prometheus from "./internal/prometheus.js"
 import { dashboardDir, serveFile } from "./internal/static.js"
+import * as Vendor from "./internal/vendor.js"
 import { ProgramsApi } from "./ProgramsApi.js"
 
 export interface Options {
@@ -134,6 +135,7 @@ const extraRoutes = (options: Options) =>
       yield* router.get("/api/events", eventStream)
 
       yield* router.get("/", serveFile(root, "index.html"))
+      yield* router.get(Vendor.htmPreactRoute, serveFile(Vendor.htmPreactDir, Vendor.htmPreactFile))
       yield* router.get(
         "/dashboard/*",
         Effect.flatMap(HttpRouter.params, (params) => serveFile(root, decodeURIComponent(params["*"] ?? "")))
