@@ -811,7 +811,10 @@ export const programRepositoryConformance = (
         expect(yield* idsOf({ dataContains: { missing: 1 } })).toEqual([])
         expect(yield* idsOf({ dataContains: {} })).toEqual([a!.id, b!.id, c!.id, d!.id])
         expect(yield* idsOf({ runIdPrefix: c!.runId.slice(0, 13) })).toEqual([c!.id])
-        expect(yield* idsOf({ runIdPrefix: c!.runId.slice(0, 13).toUpperCase() })).toEqual([])
+        // The prefix is case-sensitive (SQLite's LIKE is not): a UUID's lower-case hex matches no upper-case prefix.
+        // (The prefix of the runId with its letters upper-cased: when it has none, it is the runId's own prefix.)
+        const upper = c!.runId.slice(0, 13).toUpperCase()
+        expect(yield* idsOf({ runIdPrefix: upper })).toEqual(upper === c!.runId.slice(0, 13) ? [c!.id] : [])
         expect(yield* idsOf({ runIdPrefix: "%" })).toEqual([])
         expect(yield* idsOf({ runIdPrefix: c!.runId })).toEqual([c!.id])
 
