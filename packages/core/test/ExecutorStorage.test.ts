@@ -52,8 +52,9 @@ const runWith = (jobs: ReadonlyArray<string>, decorate: (repository: Repository)
       Effect.provide(ProgramExecutorTest.layer({
         jobs: [counted, job("quick")],
         storage: storageWith(decorate),
-        // No sweep or recovery within a test: a step that runs again was woken by the executor itself.
-        config: { staleAfter: Duration.hours(1), sweepInterval: Duration.hours(1), ...config }
+        // No sweep or recovery within a test: a step that runs again was woken by the executor itself. One step per
+        // message: these tests are about `advance` and its read-back (continuation's write is `advanceAndClaim`).
+        config: { staleAfter: Duration.hours(1), sweepInterval: Duration.hours(1), maxConsecutiveSteps: 1, ...config }
       })),
       Effect.scoped
     )

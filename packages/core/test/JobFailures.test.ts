@@ -156,6 +156,13 @@ describe("job failures: what the executor does with each", () => {
                 failures++ === 0
                   ? Effect.fail(new RepositoryError({ message: "connection reset" }))
                   : repository.advance(lease, options)
+              ),
+            // The first step's advance is a continuation (both jobs are here): the same first write fails.
+            advanceAndClaim: (lease, options) =>
+              Effect.suspend(() =>
+                failures++ === 0
+                  ? Effect.fail(new RepositoryError({ message: "connection reset" }))
+                  : repository.advanceAndClaim(lease, options)
               )
           })
         }
