@@ -357,10 +357,10 @@ const throughputRun = async (
       const warmup = options.warmup * processes
       const warmupStarted = performance.now()
       await runPrograms(warmup)
-      // A run must last long enough to measure (BENCHMARKS.md): sized from the warm-up's rate, which a cold start
-      // makes an underestimate, so the measured run lasts at least `minSeconds`.
+      // A run must last long enough to measure (BENCHMARKS.md): sized from the warm-up's rate. A warm worker runs
+      // about twice as fast as the warm-up did (cold code, pools opening), so twice that rate is planned for.
       const warmupStepsPerSecond = (warmup * options.jobs) / ((performance.now() - warmupStarted) / 1000)
-      programs = Math.max(programs, Math.ceil((options.minSeconds * 1.2 * warmupStepsPerSecond) / options.jobs))
+      programs = Math.max(programs, Math.ceil((options.minSeconds * 2 * warmupStepsPerSecond) / options.jobs))
       for (const worker of workers) worker.send({ t: "mark" })
       await Promise.all(workers.map((worker) => worker.next("marked")))
     }
