@@ -442,6 +442,18 @@ const medianRun = async (backend: Backend, processes: number, prefill = 0, maxCo
   return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, runs: runs.map((run) => Math.round(run.stepsPerSecond)) }
 }
 
+/** Drops what a one-process run made: its table (PostgreSQL), its queue (RabbitMQ) or its SQLite file. */
+const dropScratch = async (backend: Backend, table: string, queue: string, sqliteFile: string) => {
+  if (backend !== "embedded") {
+    const client = new pg.Client({ connectionString: options.databaseUrl })
+    await client.connect()
+    await client.query(`DROP TABLE IF EXISTS ${table}`)
+    await client.end()
+  }
+  if (backend === "pg-amqp") await deleteQueue(queue)
+  for (const suffix of ["", "-wal", "-shm"]) rmSync(`${sqliteFile}${suffix}`, { force: true })
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Batch creation: `createPrograms` alone, no worker running
 
@@ -483,14 +495,7 @@ const creationRun = async (backend: Backend): Promise<CreationResult> => {
     }
   } finally {
     child.process.kill("SIGKILL")
-    if (backend !== "embedded") {
-      const client = new pg.Client({ connectionString: options.databaseUrl })
-      await client.connect()
-      await client.query(`DROP TABLE IF EXISTS ${table}`)
-      await client.end()
-    }
-    if (backend === "pg-amqp") await deleteQueue(queue)
-    for (const suffix of ["", "-wal", "-shm"]) rmSync(`${sqliteFile}${suffix}`, { force: true })
+    await dropScratch(backend, table, queue, sqliteFile)
   }
 }
 
@@ -539,14 +544,7 @@ const loneRun = async (backend: Backend): Promise<LoneResult> => {
     }
   } finally {
     child.process.kill("SIGKILL")
-    if (backend !== "embedded") {
-      const client = new pg.Client({ connectionString: options.databaseUrl })
-      await client.connect()
-      await client.query(`DROP TABLE IF EXISTS ${table}`)
-      await client.end()
-    }
-    if (backend === "pg-amqp") await deleteQueue(queue)
-    for (const suffix of ["", "-wal", "-shm"]) rmSync(`${sqliteFile}${suffix}`, { force: true })
+    await dropScratch(backend, table, queue, sqliteFile)
   }
 }
 

@@ -960,6 +960,15 @@ export const executorConformance = (
             }), undefined, decorate)
         }))
 
+      /** Leases far longer than a test's bound: a next step must not wait for one to expire, nor for the sweeper. */
+      const slow: Partial<ExecutorConfig.ExecutorOptions> = {
+        leaseDuration: Duration.minutes(2),
+        heartbeatInterval: Duration.seconds(1),
+        staleAfter: Duration.minutes(2),
+        sweepInterval: Duration.minutes(1),
+        recoveryInterval: Duration.minutes(1)
+      }
+
       it.scopedLive("a shutdown in the middle of a chain ends it at the running step; the next step is claimable at once", () =>
         Effect.gen(function*() {
           const log = yield* Ref.make<ReadonlyArray<Execution>>([])
@@ -972,15 +981,6 @@ export const executorConformance = (
             Effect.flatMap(Ref.get(firstStopped), (stopped) => Ref.update(ranAfterShutdown, (seen) => [...seen, stopped])))
           yield* run([recorded(log, "a"), gate, after], (workers) =>
             Effect.gen(function*() {
-              // Leases far longer than the test's bound: the next step must not wait for one to expire, nor for
-              // the sweeper.
-              const slow = {
-                leaseDuration: Duration.minutes(2),
-                heartbeatInterval: Duration.seconds(1),
-                staleAfter: Duration.minutes(2),
-                sweepInterval: Duration.minutes(1),
-                recoveryInterval: Duration.minutes(1)
-              }
               // The worker logs when its shutdown begins waiting for the running step.
               const waiting = yield* Deferred.make<void>()
               const watcher = Logger.make(({ message }) => {
@@ -1013,13 +1013,6 @@ export const executorConformance = (
           const stubborn = recorded(log, "stubborn", () => Effect.flatMap(Ref.get(hang), (hangs) => hangs ? Effect.never : Effect.void))
           yield* run([recorded(log, "a"), stubborn], (workers) =>
             Effect.gen(function*() {
-              const slow = {
-                leaseDuration: Duration.minutes(2),
-                heartbeatInterval: Duration.seconds(1),
-                staleAfter: Duration.minutes(2),
-                sweepInterval: Duration.minutes(1),
-                recoveryInterval: Duration.minutes(1)
-              }
               const first = yield* workers.start({ ...slow, shutdownGrace: Duration.millis(100) })
               const runId = yield* ProgramExecutor.createProgram({ jobs: ["a", "stubborn"] })
               yield* pollUntil(Ref.get(log), (runs) => runs.length === 2).pipe(Effect.timeout("30 seconds"))

@@ -398,14 +398,22 @@ export const makeStatements = (
       runId: target.runId,
       step: target.step
     })
-    return dialect === "mysql"
-      ? Effect.flatMap(sql.unsafe(claimStatement.text, params).raw, (result) =>
-        affectedRows(result) > 0 ? selectOne(target.runId) : Effect.succeed(undefined))
-      : Effect.map(
-        prepared.run(claimStatement.text, params),
-        (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row)
-      )
+    return claimOne(claimStatement.text, params, target.runId)
   }
+
+  /**
+   * Runs a single-row claim (`… RETURNING` the row; on MySQL, the update and then a read of the row when it changed):
+   * the row as claimed, or undefined when the guard refused it.
+   */
+  const claimOne = (
+    text: string,
+    params: Array<unknown>,
+    runId: string
+  ): Effect.Effect<ProgramRecord | undefined, SqlError> =>
+    dialect === "mysql"
+      ? Effect.flatMap(sql.unsafe(text, params).raw, (result) =>
+        affectedRows(result) > 0 ? selectOne(runId) : Effect.succeed(undefined))
+      : Effect.map(prepared.run(text, params), (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row))
 
   const advanceStatement = (finished: boolean) =>
     compileOnce(
@@ -454,13 +462,7 @@ export const makeStatements = (
       step: lease.step,
       token: lease.token
     })
-    return dialect === "mysql"
-      ? Effect.flatMap(sql.unsafe(advanceAndClaimStatement.text, params).raw, (result) =>
-        affectedRows(result) > 0 ? selectOne(lease.runId) : Effect.succeed(undefined))
-      : Effect.map(
-        prepared.run(advanceAndClaimStatement.text, params),
-        (rows) => rows[0] === undefined ? undefined : decodeRow(rows[0] as Row)
-      )
+    return claimOne(advanceAndClaimStatement.text, params, lease.runId)
   }
 
   // The rows of one claim share its token: a token fences the claims of one row, so it only has to differ from that
