@@ -149,21 +149,15 @@ describe("job failures: what the executor does with each", () => {
         Layer.merge(ProgramRepository.layerMemory, ProgramQueue.layerMemory),
         (context) => {
           const repository = Context.get(context, ProgramRepository)
+          const firstFails = <A>(write: Effect.Effect<A, RepositoryError>) =>
+            Effect.suspend(() =>
+              failures++ === 0 ? Effect.fail(new RepositoryError({ message: "connection reset" })) : write
+            )
           return Context.add(context, ProgramRepository, {
             ...repository,
-            advance: (lease, options) =>
-              Effect.suspend(() =>
-                failures++ === 0
-                  ? Effect.fail(new RepositoryError({ message: "connection reset" }))
-                  : repository.advance(lease, options)
-              ),
+            advance: (lease, options) => firstFails(repository.advance(lease, options)),
             // The first step's advance is a continuation (both jobs are here): the same first write fails.
-            advanceAndClaim: (lease, options) =>
-              Effect.suspend(() =>
-                failures++ === 0
-                  ? Effect.fail(new RepositoryError({ message: "connection reset" }))
-                  : repository.advanceAndClaim(lease, options)
-              )
+            advanceAndClaim: (lease, options) => firstFails(repository.advanceAndClaim(lease, options))
           })
         }
       )

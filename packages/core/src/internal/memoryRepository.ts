@@ -170,27 +170,7 @@ export const makeMemoryRepository: Effect.Effect<ProgramRepository["Type"]> = Ef
     insert: (program) =>
       Effect.flatMap(now, (at) =>
         Ref.modify(rows, (map) => {
-          const row: ProgramRecord = {
-            id: nextId++,
-            runId: program.runId,
-            jobs: [...program.jobs],
-            programData: jsonCopy(program.programData),
-            jobData: jsonCopy(program.jobData),
-            step: 0,
-            stepRetryCount: 0,
-            finishedAt: null,
-            erroredAt: null,
-            errorMessage: null,
-            createdAt: at,
-            updatedAt: at,
-            lockedBy: null,
-            lockedUntil: null,
-            leaseToken: null,
-            stepLostCount: 0,
-            nextRunAt: at,
-            corruption: null,
-            idempotencyKey: null
-          }
+          const row = newRow(program, at)
           return [row, map.set(row.runId, row)]
         })),
 
