@@ -3,11 +3,15 @@
  * - PostgreSQL: `concurrency` connections, each looping a single-row `UPDATE … WHERE id = $1` on its own rows
  *   (unnamed statements, as `@effect/sql-pg` sends them; and named, i.e. prepared, for the headroom).
  * - SQLite: one connection looping the same UPDATE on a WAL file with synchronous=NORMAL (one transaction each).
+ * - The same PostgreSQL loop in 1 and in N processes at once, `concurrency` loops each: what this machine itself loses
+ *   when one client's work is spread over processes, the reference for the multi-process mode (`pgUpdateLoopProcesses`).
  * - RabbitMQ: an amqplib relay: consume (prefetch = concurrency) → publish the next message on a confirm channel →
  *   ack after the confirm; durable queue, persistent messages, TCP_NODELAY. `concurrency` messages circulate.
  */
 import amqp from "amqplib"
+import { fork } from "node:child_process"
 import { createRequire } from "node:module"
+import { fileURLToPath } from "node:url"
 import pg from "pg"
 
 export interface Rate {
@@ -143,4 +147,46 @@ export const amqpRelay = async (
   await publisher.deleteQueue(queue)
   await connection.close()
   return rate(counted, elapsed)
+}
+
+export interface ProcessesRate extends Rate {
+  /** The client processes' CPU (user + system) per operation, in microseconds. */
+  readonly cpuMicrosPerOp: number
+}
+
+/**
+ * `pgUpdateLoop` (named statement) in `processes` child processes at once, each on its own table with `concurrency`
+ * loops and as many connections: the sum of their rates and their CPU per operation.
+ */
+export const pgUpdateLoopProcesses = async (
+  url: string,
+  options: { readonly processes: number; readonly concurrency: number; readonly millis: number; readonly table: string }
+): Promise<ProcessesRate> => {
+  const results = await Promise.all(Array.from({ length: options.processes }, (_, index) =>
+    new Promise<{ readonly ops: number; readonly seconds: number; readonly cpuMillis: number }>((resolve, reject) => {
+      const child = fork(fileURLToPath(import.meta.url), [], {
+        execArgv: ["--import", "tsx"],
+        env: {
+          ...process.env,
+          BENCH_LIMIT_CHILD: JSON.stringify({ url, ...options, table: `${options.table}_${index}` })
+        }
+      })
+      child.once("message", resolve)
+      child.once("error", reject)
+      child.once("exit", (code) => reject(new Error(`a raw UPDATE loop process exited with ${code}`)))
+    })))
+  const ops = results.reduce((sum, result) => sum + result.ops, 0)
+  const seconds = Math.max(...results.map((result) => result.seconds))
+  const cpuMillis = results.reduce((sum, result) => sum + result.cpuMillis, 0)
+  return { ops, seconds, perSecond: ops / seconds, cpuMicrosPerOp: (cpuMillis * 1000) / Math.max(1, ops) }
+}
+
+// A child of `pgUpdateLoopProcesses`: runs its loop, reports, exits.
+if (process.env.BENCH_LIMIT_CHILD !== undefined) {
+  const { url, concurrency, millis, table } = JSON.parse(process.env.BENCH_LIMIT_CHILD)
+  const before = process.cpuUsage()
+  const result = await pgUpdateLoop(url, { concurrency, millis, named: true, table, maxConnections: concurrency })
+  const cpu = process.cpuUsage(before)
+  process.send!({ ops: result.ops, seconds: result.seconds, cpuMillis: (cpu.user + cpu.system) / 1000 }, () =>
+    process.exit(0))
 }

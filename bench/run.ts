@@ -7,7 +7,10 @@
  *   --jobs N                no-op jobs per program (BENCH_JOBS, default 5)
  *   --concurrency N         executor concurrency per process (BENCH_CONCURRENCY, default 16)
  *   --workers N             processes of the multi-process mode (BENCH_WORKERS, default 4)
- *   --create-concurrency N  concurrent createProgram calls (BENCH_CREATE_CONCURRENCY, default 16)
+ *   --create-chunk N        programs per createPrograms call of a throughput run (BENCH_CREATE_CHUNK, default 25; 1 =
+ *                           createProgram one at a time, as before 2026-12-02: the creator, one process among the
+ *                           workers on 2 cores, then bounded the 4-process runs)
+ *   --create-concurrency N  concurrent creation calls (BENCH_CREATE_CONCURRENCY, default 4)
  *   --warmup N              programs run through the workers before each measured throughput run, untimed
  *                           (BENCH_WARMUP, default 500; 200 with --quick)
  *   --min-seconds N         a measured throughput run lasts at least about this long: its program count is raised
@@ -35,7 +38,7 @@ import { cpus, loadavg, tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
-import { amqpRelay, pgUpdateLoop, type Rate, sqliteUpdateLoop } from "./limits.js"
+import { amqpRelay, pgUpdateLoop, pgUpdateLoopProcesses, type Rate, sqliteUpdateLoop } from "./limits.js"
 
 const here = dirname(fileURLToPath(import.meta.url))
 
@@ -65,7 +68,8 @@ const options = {
   jobs: int("jobs", "BENCH_JOBS", 5, 5),
   concurrency: int("concurrency", "BENCH_CONCURRENCY", 16, 16),
   workers: int("workers", "BENCH_WORKERS", 4, 4),
-  createConcurrency: int("create-concurrency", "BENCH_CREATE_CONCURRENCY", 16, 16),
+  createConcurrency: int("create-concurrency", "BENCH_CREATE_CONCURRENCY", 4, 4),
+  createChunk: Math.max(1, int("create-chunk", "BENCH_CREATE_CHUNK", 25, 25)),
   warmup: int("warmup", "BENCH_WARMUP", 500, 200),
   minSeconds: int("min-seconds", "BENCH_MIN_SECONDS", 3, 1),
   offRows: !flag("no-off-rows") && process.env.BENCH_OFF_ROWS !== "0",
@@ -340,7 +344,7 @@ const throughputRun = async (
     /** Creates `count` programs and waits until every program in the table is finished. */
     const runPrograms = async (count: number) => {
       const started = performance.now()
-      creator.send({ t: "create", count, concurrency: options.createConcurrency })
+      creator.send({ t: "create", count, concurrency: options.createConcurrency, chunk: options.createChunk })
       await creator.next("created", 300_000)
       while ((await poll()) > 0) {
         if (performance.now() > started + 300_000) throw new Error(`${backend}: programs still unfinished after 5 minutes`)
@@ -556,15 +560,28 @@ interface Limits {
   pgUpdate: Record<number, number>
   pgUpdateNamed: Record<number, number>
   amqpRelay: Record<number, number>
-  samples: Array<{ readonly name: string; readonly concurrency: number; readonly perSecond: number }>
+  samples: Array<
+    { readonly name: string; readonly concurrency: number; readonly perSecond: number; readonly cpuMicrosPerOp?: number }
+  >
+  /** The prepared UPDATE loop in 1 and in `workers` processes (`options.concurrency` loops each), by process count. */
+  pgUpdateProcesses: Record<number, { readonly perSecond: number; readonly cpuMicrosPerOp: number }>
 }
 
 const measureLimits = async (limits: Limits, concurrencies: ReadonlyArray<number>) => {
   // A failed measurement (the database out of connections, say) is reported, not fatal: the modes still run.
-  const record = async (name: string, concurrency: number, measure: () => Rate | Promise<Rate>) => {
+  const record = async (
+    name: string,
+    concurrency: number,
+    measure: () => (Rate & { readonly cpuMicrosPerOp?: number }) | Promise<Rate & { readonly cpuMicrosPerOp?: number }>
+  ) => {
     try {
       const rate = await measure()
-      limits.samples.push({ name, concurrency, perSecond: rate.perSecond })
+      limits.samples.push({
+        name,
+        concurrency,
+        perSecond: rate.perSecond,
+        ...(rate.cpuMicrosPerOp === undefined ? {} : { cpuMicrosPerOp: rate.cpuMicrosPerOp })
+      })
       log(`limit ${name} @${concurrency}: ${Math.round(rate.perSecond)}/s`)
     } catch (error) {
       log(`limit ${name} @${concurrency} failed: ${error instanceof Error ? error.message : String(error)}`)
@@ -582,6 +599,18 @@ const measureLimits = async (limits: Limits, concurrencies: ReadonlyArray<number
         table,
         maxConnections: options.pgConnections
       }))
+  }
+  // The multi-process mode is compared with one process in the same run; so is the plain statement loop.
+  if (options.modes.has("pg-amqp-multi") && options.workers > 1) {
+    for (const processes of [1, options.workers]) {
+      await record(`pg-update-processes-${processes}`, options.concurrency, () =>
+        pgUpdateLoopProcesses(options.databaseUrl, {
+          processes,
+          concurrency: options.concurrency,
+          millis: options.limitMillis,
+          table: uniqueName("bench_raw_processes")
+        }))
+    }
   }
   for (const concurrency of concurrencies) {
     await record(
@@ -603,6 +632,15 @@ const summarizeLimits = (limits: Limits) => {
     limits.pgUpdate[sample.concurrency] = mean("pg-update", sample.concurrency)
     limits.pgUpdateNamed[sample.concurrency] = mean("pg-update-named", sample.concurrency)
     limits.amqpRelay[sample.concurrency] = mean("amqp-relay", sample.concurrency)
+  }
+  for (const processes of [1, options.workers]) {
+    const samples = limits.samples.filter((s) => s.name === `pg-update-processes-${processes}`)
+    if (samples.length === 0) continue
+    const average = (values: ReadonlyArray<number>) => values.reduce((a, b) => a + b, 0) / values.length
+    limits.pgUpdateProcesses[processes] = {
+      perSecond: average(samples.map((s) => s.perSecond)),
+      cpuMicrosPerOp: average(samples.map((s) => s.cpuMicrosPerOp ?? NaN))
+    }
   }
 }
 
@@ -711,7 +749,7 @@ const main = async () => {
       quick ? " (quick)" : ""
     }; load ${loadavg().map((l) => l.toFixed(1)).join(" ")}`
   )
-  const limits: Limits = { pgUpdate: {}, pgUpdateNamed: {}, amqpRelay: {}, samples: [] }
+  const limits: Limits = { pgUpdate: {}, pgUpdateNamed: {}, amqpRelay: {}, pgUpdateProcesses: {}, samples: [] }
   const concurrencies = [...new Set([options.concurrency, options.concurrency * options.workers])]
   const measureAllLimits = () => options.only.has("limits") ? measureLimits(limits, concurrencies) : Promise.resolve()
 
@@ -821,9 +859,39 @@ const main = async () => {
           ]
           : []),
         ["amqplib relay consume→publish(confirm)→ack", String(c), fmt(limits.amqpRelay[c] ?? NaN)]
+      ]),
+      ...Object.entries(limits.pgUpdateProcesses).map(([processes, rate]) => [
+        `PostgreSQL prepared UPDATE loop in ${processes} process(es), ${options.concurrency} conn. each (client CPU ${
+          fmt(rate.cpuMicrosPerOp, 1)
+        } µs/op)`,
+        `${processes}×${options.concurrency}`,
+        fmt(rate.perSecond)
       ])
     ]
   )
+  // More processes on one machine: the workers' scaling beside the plain statement loop's, measured in the same run.
+  const scalingRows = [undefined, 1].flatMap((maxConsecutiveSteps) => {
+    const one = throughput.find((r) => r.backend === "pg-amqp" && r.processes === 1 && r.maxConsecutiveSteps === maxConsecutiveSteps)
+    const many = throughput.find((r) =>
+      r.backend === "pg-amqp" && r.processes === options.workers && r.maxConsecutiveSteps === maxConsecutiveSteps
+    )
+    if (one === undefined || many === undefined) return []
+    return [[
+      modeLabel("pg-amqp", options.workers, maxConsecutiveSteps).replace("PostgreSQL + RabbitMQ, ", "program-executor, "),
+      `${(many.stepsPerSecond / one.stepsPerSecond).toFixed(2)}×`,
+      `${(many.workerCpuMillisPerStep / one.workerCpuMillisPerStep).toFixed(2)}×`
+    ]]
+  })
+  const rawOne = limits.pgUpdateProcesses[1]
+  const rawMany = limits.pgUpdateProcesses[options.workers]
+  if (rawOne !== undefined && rawMany !== undefined && options.workers > 1) {
+    scalingRows.push([
+      `plain prepared UPDATE loop, ${options.workers} proc`,
+      `${(rawMany.perSecond / rawOne.perSecond).toFixed(2)}×`,
+      `${(rawMany.cpuMicrosPerOp / rawOne.cpuMicrosPerOp).toFixed(2)}×`
+    ])
+  }
+  const scalingTable = markdownTable([`${options.workers} processes vs 1 (same run)`, "rate", "client CPU per op"], scalingRows)
   const creationTable = markdownTable(
     ["createPrograms (no worker running)", "per call", "programs", "run", "programs/s"],
     creation.map((result) => [
@@ -874,6 +942,8 @@ const main = async () => {
     throughput.length > 0 ? throughputTable : "",
     "",
     limits.samples.length > 0 ? limitsTable : "",
+    "",
+    scalingRows.length > 0 ? scalingTable : "",
     "",
     creation.length > 0 ? creationTable : "",
     "",

@@ -57,12 +57,15 @@ const jobStarts: Array<number> = []
 const noop = (name: string) =>
   lone > 0 ? Job.make(name, Effect.sync(() => jobStarts.push(performance.now()))) : Job.make(name, Effect.void)
 
+/** `BENCH_PG_POOL`: the PostgreSQL pool's size per process; unset: the default. */
+const maxConnections = process.env.BENCH_PG_POOL === undefined ? {} : { maxConnections: Number(process.env.BENCH_PG_POOL) }
+
 const storage = (): Layer.Layer<ProgramRepository | ProgramQueue | ProgramExecutor, unknown> => {
   switch (backend) {
     case "embedded":
       return SqlProgramExecutor.layerEmbedded({ filename: env("BENCH_SQLITE_FILE"), tableName })
     case "pg-sql":
-      return SqlProgramExecutor.layer({ url: env("DATABASE_URL"), tableName })
+      return SqlProgramExecutor.layer({ url: env("DATABASE_URL"), tableName, ...maxConnections })
     case "pg-amqp":
       return ProgramExecutor.layer.pipe(
         Layer.provideMerge(
@@ -71,7 +74,7 @@ const storage = (): Layer.Layer<ProgramRepository | ProgramQueue | ProgramExecut
             AmqpProgramQueue.layer({ queueName: env("BENCH_QUEUE") })
           )
         ),
-        Layer.provide(SqlDatabase.layer(env("DATABASE_URL"))),
+        Layer.provide(SqlDatabase.layer(env("DATABASE_URL"), maxConnections)),
         Layer.provide(AmqpConnection.layer({ url: env("AMQP_URL"), connectionName: `bench ${role} ${process.pid}` }))
       )
   }
@@ -97,13 +100,21 @@ const stopRequested = Effect.async<void>((resume) => {
   return Effect.sync(() => process.off("message", onMessage))
 })
 
-const createPrograms = (count: number, creationConcurrency: number) =>
+/**
+ * Creates `count` programs, `creationConcurrency` calls at a time: `createProgram` one by one when `chunk` is 1,
+ * `createPrograms` of `chunk` programs each otherwise.
+ */
+const createPrograms = (count: number, creationConcurrency: number, chunk: number) =>
   Effect.gen(function*() {
     const executor = yield* ProgramExecutor
     const started = performance.now()
+    const sizes = Array.from({ length: Math.ceil(count / chunk) }, (_, i) => Math.min(chunk, count - i * chunk))
     yield* Effect.forEach(
-      Array.from({ length: count }),
-      () => Effect.orDie(executor.createProgram({ jobs: jobNames })),
+      sizes,
+      (size): Effect.Effect<unknown> =>
+        size === 1
+          ? Effect.orDie(executor.createProgram({ jobs: jobNames }))
+          : Effect.orDie(executor.createPrograms(Array.from({ length: size }, () => ({ jobs: jobNames })))),
       { concurrency: creationConcurrency, discard: true }
     )
     yield* send({ t: "created", count, millis: performance.now() - started })
@@ -128,7 +139,7 @@ const createInBatches = (seconds: number, chunk: number) =>
 /** Serves `create` requests from the parent until it asks to stop. */
 const serveCreates = Effect.gen(function*() {
   type Request =
-    | { readonly t: "create"; readonly count: number; readonly concurrency: number }
+    | { readonly t: "create"; readonly count: number; readonly concurrency: number; readonly chunk: number }
     | { readonly t: "createBatches"; readonly seconds: number; readonly chunk: number }
   const requests = Stream.async<Request>((emit) => {
     const onMessage = (message: { t?: string }) => {
@@ -139,7 +150,7 @@ const serveCreates = Effect.gen(function*() {
   })
   return yield* Stream.runForEach(requests, (request) =>
     request.t === "create"
-      ? createPrograms(request.count, request.concurrency)
+      ? createPrograms(request.count, request.concurrency, request.chunk)
       : createInBatches(request.seconds, request.chunk))
 })
 
