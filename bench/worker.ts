@@ -158,24 +158,29 @@ const serveCreates = Effect.gen(function*() {
 const runLone = Effect.gen(function*() {
   const executor = yield* ProgramExecutor
   const events = yield* ProgramEvents.subscribe
-  let waiting: Deferred.Deferred<void> | undefined
-  let waitingFor = ""
+  // A program may finish before its `createProgram` returns (RabbitMQ confirms the wake-up after the worker has run
+  // every step back to back): each finished runId is kept, and the wait starts only for one not yet finished.
+  const finished = new Set<string>()
+  let waiting: { readonly runId: string; readonly done: Deferred.Deferred<void> } | undefined
   yield* events.pipe(
-    Stream.runForEach((event) =>
-      event._tag === "ProgramFinished" && event.runId === waitingFor && waiting !== undefined
-        ? Deferred.succeed(waiting, undefined)
-        : Effect.void
-    ),
+    Stream.runForEach((event) => {
+      if (event._tag !== "ProgramFinished") return Effect.void
+      finished.add(event.runId)
+      return waiting !== undefined && waiting.runId === event.runId ? Deferred.succeed(waiting.done, undefined) : Effect.void
+    }),
     Effect.forkScoped
   )
   const programs: Array<{ readonly starts: Array<number>; readonly totalMillis: number }> = []
   for (let i = 0; i < lone; i++) {
-    waiting = yield* Deferred.make<void>()
     jobStarts.length = 0
     const started = performance.now()
-    // The runId is known only once created; the event cannot arrive before the first step has run.
-    waitingFor = yield* Effect.orDie(executor.createProgram({ jobs: jobNames }))
-    yield* Deferred.await(waiting)
+    const runId = yield* Effect.orDie(executor.createProgram({ jobs: jobNames }))
+    if (!finished.has(runId)) {
+      waiting = { runId, done: yield* Deferred.make<void>() }
+      // Checked again: the event may have arrived while the wait was being set up.
+      if (!finished.has(runId)) yield* Deferred.await(waiting.done)
+    }
+    finished.delete(runId)
     programs.push({ starts: jobStarts.map((t) => t - started), totalMillis: performance.now() - started })
   }
   yield* send({ t: "lone", programs })
