@@ -485,4 +485,28 @@ describe("executor against a failing storage", () => {
       expect(runs).toEqual([0])
       expect(finished).toEqual([])
     }))
+
+  it.effect("a refused outcome whose read-back fails past the storage retry is logged and its message acked; the lease's expiry recovers the step", () =>
+    Effect.gen(function*() {
+      let gets = 0
+      const decorate = (repository: Repository): Repository => ({
+        ...firstAdvance(() => Effect.succeed(false))(repository),
+        get: (runId) =>
+          Effect.suspend(() =>
+            gets++ === 0 ? Effect.fail(new RepositoryError({ message: "connection refused" })) : repository.get(runId)
+          )
+      })
+      const settled: Array<Settlement> = []
+      const { attempts, finished, program, runs } = yield* runWith(
+        ["counted", "counted"],
+        decorate,
+        { storageRetry: Schedule.recurs(0) },
+        settled
+      )
+      expect(program.finishedAt).not.toBeNull()
+      expect(runs).toEqual([0, 0, 1])
+      expect(attempts).toEqual([1, 2, 1])
+      expect(finished).toEqual([0, 1])
+      expect(settlementsOf(settled, program.runId)[0]).toEqual({ runId: program.runId, step: 0, how: "ack" })
+    }))
 })
