@@ -1,9 +1,10 @@
 /**
  * A handler whose job ignores its interruption is taken over (`takeOver`): what becomes of its step and its message
  * for each reason. Cancelled: the step released, the message acked. Shutdown: the step released, the message given
- * back (nacked), also when the handler is stuck before any job runs. The job left behind writes nothing. (A lease
- * lost is in ExecutorStorage.test.ts, on `TestClock`.) Memory storage, live clock, one slot; each test was seen
- * failing with the mutant of `takeOver` it is named after (Stryker, see docs/mutation-scores.md).
+ * back (nacked), also when the handler is stuck before any job runs. The job left behind writes nothing. A shutdown
+ * that meets the heartbeat's takeover of a lost lease leaves that slot alone. (A lease lost alone is in
+ * ExecutorStorage.test.ts, on `TestClock`.) Memory storage, live clock, one slot unless said; each test was seen
+ * failing with the mutant of `takeOver` it is named after (see docs/mutation-scores.md).
  */
 import { describe, expect, it } from "@effect/vitest"
 import {
@@ -17,7 +18,7 @@ import {
   ProgramQueue,
   ProgramRepository
 } from "@program-executor/core"
-import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Logger, Option, Scope } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Logger, Option, Schedule, Scope } from "effect"
 import { awaitProgram, fastConfig } from "./conformance/ExecutorConformance.js"
 import { recordingQueue, type Settlement, settlementsOf } from "./utils/recordingQueue.js"
 
@@ -184,6 +185,76 @@ describe("executor takeover of a job that ignores its interruption", () => {
           expect(Option.isSome(closed)).toBe(true)
           expect(settlementsOf(settled, runId)).toEqual([{ runId, step: 0, how: "nack" }])
         }), hanging).pipe(Effect.ensuring(Deferred.succeed(gate, undefined)))
+    }))
+
+  it.scopedLive("shutdown meeting a heartbeat takeover: a slot the heartbeat took over (lease lost) is not taken over again, its lease not released", () =>
+    Effect.gen(function*() {
+      // Two slots, both stuck in a job that ignores interruption. The shutdown takes them over one after the other;
+      // the first one's release is held until the heartbeat has taken the second over as lost (acked, its lease left
+      // to expire). The shutdown must then skip the second: releasing it would erase the lost run.
+      const gate = yield* Deferred.make<void>()
+      const running: Array<string> = []
+      const job = Job.make(
+        "stuck",
+        Effect.flatMap(JobContext, (ctx) =>
+          Effect.zipRight(
+            Effect.sync(() => running.push(ctx.runId)),
+            Effect.uninterruptible(Deferred.await(gate))
+          ))
+      )
+      const releaseHeld = yield* Deferred.make<void>()
+      const firstRelease = yield* Deferred.make<string>()
+      const released: Array<string> = []
+      let lost: string | undefined
+      const racing = (repository: Repository): Repository => ({
+        ...repository,
+        extendLease: (lease, leaseFor) =>
+          lease.runId === lost ? Effect.succeed("lost" as const) : repository.extendLease(lease, leaseFor),
+        release: (lease) =>
+          Effect.suspend(() => {
+            released.push(lease.runId)
+            return released.length === 1
+              ? Deferred.succeed(firstRelease, lease.runId).pipe(
+                Effect.zipRight(Deferred.await(releaseHeld)),
+                Effect.zipRight(repository.release(lease))
+              )
+              : repository.release(lease)
+          })
+      })
+      yield* withWorker(
+        [job],
+        { concurrency: 2, shutdownGrace: Duration.zero, heartbeatInterval: Duration.millis(50) },
+        (worker, settled) =>
+          Effect.gen(function*() {
+            const programs = [
+              yield* ProgramExecutor.createProgram({ jobs: ["stuck"] }),
+              yield* ProgramExecutor.createProgram({ jobs: ["stuck"] })
+            ]
+            yield* Effect.repeat(Effect.sync(() => running.length), {
+              until: (count) => count === 2,
+              schedule: Schedule.spaced("10 millis")
+            }).pipe(Effect.timeout("10 seconds"))
+            const closing = yield* Effect.fork(Scope.close(worker, Exit.void))
+            const first = yield* Deferred.await(firstRelease).pipe(Effect.timeout("10 seconds"))
+            const second = programs.find((runId) => runId !== first)!
+            lost = second
+            // The heartbeat finds the second lease lost, interrupts its handler (ignored) and a heartbeat later takes
+            // the slot over: acked, not released.
+            yield* Effect.repeat(Effect.sync(() => settlementsOf(settled, second).length), {
+              until: (count) => count > 0,
+              schedule: Schedule.spaced("10 millis")
+            }).pipe(Effect.timeout("10 seconds"))
+            yield* Deferred.succeed(releaseHeld, undefined)
+            const closed = yield* Fiber.join(closing).pipe(Effect.timeout("10 seconds"), Effect.option)
+            expect(Option.isSome(closed)).toBe(true)
+            expect(settlementsOf(settled, first)).toEqual([{ runId: first, step: 0, how: "nack" }])
+            expect(settlementsOf(settled, second)).toEqual([{ runId: second, step: 0, how: "ack" }])
+            expect(released).toEqual([first])
+            // Still leased under the lost run's token: the next claim counts it as lost.
+            expect(Option.getOrThrow(yield* ProgramExecutor.get(second)).lockedBy).toBe("worker-0")
+          }),
+        racing
+      ).pipe(Effect.ensuring(Deferred.succeed(gate, undefined)), Effect.ensuring(Deferred.succeed(releaseHeld, undefined)))
     }))
 
   it.scopedLive("shutdown of a continued step that stops when interrupted: given back and woken at once, not taken over", () =>
