@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { IgnorableError, ProgramExecutor, type ProgramErrorEvent, RetryableError } from "@program-executor/compat"
+import { randomUUID } from "node:crypto"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -93,7 +94,20 @@ const suite = (config: () => Parameters<typeof ProgramExecutor.create>[0]) => {
   it("rejects an invalid program with the reason, storing nothing", async () => {
     const executor = ProgramExecutor.create(config())
     try {
-      await expect(executor.createProgram({ jobs: [] })).rejects.toThrow(/at least one job/)
+      // Each rejected call carries an idempotency key; the same key is then used by a valid program. Had anything of
+      // the rejected call been stored, that key would be taken and the earlier program (its data) returned.
+      const single = `compat-single-${randomUUID()}`
+      await expect(executor.createProgram({ jobs: [], idempotencyKey: single, programData: { from: "rejected" } }))
+        .rejects.toThrow(/at least one job/)
+      const batch = `compat-batch-${randomUUID()}`
+      await expect(executor.createPrograms([
+        { jobs: ["first_job"], idempotencyKey: batch, programData: { from: "rejected" } },
+        { jobs: [] }
+      ])).rejects.toThrow(/at least one job/)
+      for (const key of [single, batch]) {
+        const runId = await executor.createProgram({ jobs: ["first_job"], idempotencyKey: key, programData: { from: "after" } })
+        expect((await executor.getProgram(runId))?.programData).toEqual({ from: "after" })
+      }
     } finally {
       await executor.close()
     }
