@@ -256,6 +256,17 @@ export const programRepositoryConformance = (
         expect(fourth.stepLostCount).toBe(1)
         expect(yield* repository.advance(leaseOf(fourth), { finished: false })).toBe(true)
         expect(yield* get(program.runId)).toMatchObject({ step: 1, stepLostCount: 0, stepRetryCount: 0 })
+
+        // Continuation resets both counts for the step it claims, as advance does.
+        const continuing = yield* insert({ jobs: ["first", "second", "third"] })
+        yield* claimed({ runId: continuing.runId, step: 0 }, owner, Duration.millis(200))
+        const retaken = Option.getOrThrow(yield* eventually(claim({ runId: continuing.runId, step: 0 }, other), Option.isSome))
+        yield* repository.scheduleRetry(leaseOf(retaken), { errorMessage: "x", delay: Duration.zero, countAttempt: true })
+        const counted = yield* claimed({ runId: continuing.runId, step: 0 }, other)
+        expect(counted).toMatchObject({ stepLostCount: 1, stepRetryCount: 1 })
+        const next = yield* repository.advanceAndClaim(leaseOf(counted), { owner: other, leaseFor: lease, nextToken: randomUUID() })
+        expect(Option.getOrThrow(next)).toMatchObject({ step: 1, stepLostCount: 0, stepRetryCount: 0 })
+        expect(yield* get(continuing.runId)).toMatchObject({ step: 1, stepLostCount: 0, stepRetryCount: 0 })
       }))
 
     test("a lease that expired refuses by itself every write of its run, with no other claim in between", () =>
@@ -278,14 +289,22 @@ export const programRepositoryConformance = (
         const dead = yield* insert()
         const alive = yield* insert()
         const released = yield* insert()
+        // Cancelled while its run held it, and that run never came back: not in progress, so nothing to re-run.
+        const cancelled = yield* insert()
+        yield* claimed({ runId: cancelled.runId, step: 0 }, owner, Duration.millis(200))
+        yield* repository.cancel(cancelled.runId, "by user")
         yield* claimed({ runId: dead.runId, step: 0 }, owner, Duration.millis(200))
         yield* claimed({ runId: alive.runId, step: 0 }, owner, lease)
         yield* repository.release(leaseOf(yield* claimed({ runId: released.runId, step: 0 }, owner, Duration.millis(200))))
+        yield* eventually(get(cancelled.runId), (p) => p.lockedUntil !== null && p.lockedUntil.getTime() < Date.now() - 50)
         const found = yield* eventually(
-          repository.recoverExpired(100).pipe(Effect.map((all) => all.filter((w) => [dead, alive, released].some((p) => p.runId === w.runId)))),
+          repository.recoverExpired(100).pipe(
+            Effect.map((all) => all.filter((w) => [dead, alive, released, cancelled].some((p) => p.runId === w.runId)))
+          ),
           (mine) => mine.length > 0
         )
         expect(found).toEqual([{ runId: dead.runId, step: 0 }])
+        expect(yield* get(cancelled.runId)).toMatchObject({ lockedBy: owner, erroredAt: expect.any(Date) })
         expect(yield* get(dead.runId)).toMatchObject({ lockedBy: owner, lockedUntil: null })
         const again = yield* repository.recoverExpired(100)
         expect(again.some((w) => w.runId === dead.runId)).toBe(false)
@@ -343,6 +362,9 @@ export const programRepositoryConformance = (
         const moving = yield* insert()
         const movingRow = yield* claimed({ runId: moving.runId, step: 0 })
         expect(yield* repository.advance(leaseOf(movingRow), { finished: false })).toBe(true)
+        expect(yield* repository.extendLease(leaseOf(movingRow), lease)).toBe("lost")
+        // Cancelled at a later step than the run's: that run lost its step before, it was not cancelled.
+        yield* repository.cancel(moving.runId, "by user")
         expect(yield* repository.extendLease(leaseOf(movingRow), lease)).toBe("lost")
       }))
 
