@@ -333,47 +333,32 @@ describe("executor against a failing storage", () => {
     concurrency: 1
   }
 
-  it.effect("a heartbeat failing every extension interrupts the job exactly one heartbeat before its lease expires; the run counts as lost", () =>
+  /** Runs a long job whose first lease the heartbeat cannot keep (`lease`); how long it ran before it was given up. */
+  const givenUpAfter = (lease: ReturnType<typeof failingFirstLease>) =>
     Effect.gen(function*() {
       const { attempts, job, ranFor } = interruptedOnce()
       const program = yield* ProgramExecutorTest.runProgram({ jobs: ["long"] }, {
         jobs: [job],
-        storage: storageWith(failingFirstLease()),
+        storage: storageWith(lease),
         config: leaseConfig
       })
       expect(program.finishedAt).not.toBeNull()
-      // Lease 30 s from the claim, heartbeat 1 s: given up at 29 s, neither at 30 s nor later.
-      expect(ranFor()).toBe(29_000)
+      // Given up once, run again (attempt 2: the first run counts as lost) to the end.
       expect(attempts).toEqual([1, 2])
-    }))
+      return ranFor()
+    })
+
+  it.effect("a heartbeat failing every extension interrupts the job exactly one heartbeat before its lease expires; the run counts as lost", () =>
+    // Lease 30 s from the claim, heartbeat 1 s: given up at 29 s, neither at 30 s nor later.
+    Effect.map(givenUpAfter(failingFirstLease()), (ran) => expect(ran).toBe(29_000)))
 
   it.effect("a heartbeat failing after ten extensions gives up one heartbeat before the lease the last one extended expires", () =>
-    Effect.gen(function*() {
-      const { attempts, job, ranFor } = interruptedOnce()
-      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["long"] }, {
-        jobs: [job],
-        storage: storageWith(failingFirstLease(10)),
-        config: leaseConfig
-      })
-      expect(program.finishedAt).not.toBeNull()
-      // The last extension, requested at 10 s, held the lease until 40 s: given up at 39 s.
-      expect(ranFor()).toBe(39_000)
-      expect(attempts).toEqual([1, 2])
-    }))
+    // The last extension, requested at 10 s, held the lease until 40 s: given up at 39 s.
+    Effect.map(givenUpAfter(failingFirstLease(10)), (ran) => expect(ran).toBe(39_000)))
 
   it.effect("a heartbeat whose extensions never answer counts each as failed after a heartbeat and gives the job up", () =>
-    Effect.gen(function*() {
-      const { attempts, job, ranFor } = interruptedOnce()
-      const program = yield* ProgramExecutorTest.runProgram({ jobs: ["long"] }, {
-        jobs: [job],
-        storage: storageWith(failingFirstLease(0, Effect.never)),
-        config: leaseConfig
-      })
-      expect(program.finishedAt).not.toBeNull()
-      // Each extension, requested at 1 s, 3 s, …, times out a heartbeat later; the one timing out at 30 s gives up.
-      expect(ranFor()).toBe(30_000)
-      expect(attempts).toEqual([1, 2])
-    }))
+    // Each extension, requested at 1 s, 3 s, …, times out a heartbeat later; the one timing out at 30 s gives up.
+    Effect.map(givenUpAfter(failingFirstLease(0, Effect.never)), (ran) => expect(ran).toBe(30_000)))
 
   it.effect("a job ignoring its interruption after its lease was lost is taken over: its message acked, its lease left to expire (the run counts as lost)", () =>
     Effect.gen(function*() {
