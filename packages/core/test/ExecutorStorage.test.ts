@@ -115,6 +115,13 @@ const firstAdvanceAndClaim = (first: Repository["advanceAndClaim"]) => (reposito
 
 const dropped = new RepositoryError({ message: "connection reset after the statement was sent" })
 
+/** Another worker takes the step meanwhile: this run's lease released, the step claimed under the other's token. */
+const takenByAnotherWorker = (repository: Repository, lease: Lease) =>
+  Effect.zipRight(
+    repository.release(lease),
+    repository.claim(lease, { owner: "other-worker", leaseFor: Duration.seconds(1) })
+  )
+
 describe("executor against a failing storage", () => {
   it.effect("settle: an advance that committed but whose answer was lost counts as done (read back by its token)", () =>
     Effect.gen(function*() {
@@ -134,10 +141,7 @@ describe("executor against a failing storage", () => {
         ["counted", "counted"],
         firstAdvance((repository, lease) =>
           // Another worker takes the step (its own claim, its own token), then the answer is lost.
-          repository.release(lease).pipe(
-            Effect.zipRight(repository.claim(lease, { owner: "other-worker", leaseFor: Duration.seconds(1) })),
-            Effect.zipRight(Effect.fail(dropped))
-          )),
+          Effect.zipRight(takenByAnotherWorker(repository, lease), Effect.fail(dropped))),
         { recoveryInterval: Duration.seconds(1) }
       )
       expect(program.finishedAt).not.toBeNull()
@@ -250,8 +254,7 @@ describe("executor against a failing storage", () => {
         firstAdvance((repository, lease) =>
           // Not committed: another worker claims the step and gives it back (its own token, released), then the
           // answer is lost. The row read back is released, under a token that is not this run's.
-          repository.release(lease).pipe(
-            Effect.zipRight(repository.claim(lease, { owner: "other-worker", leaseFor: Duration.seconds(1) })),
+          takenByAnotherWorker(repository, lease).pipe(
             Effect.flatMap(Option.match({
               onNone: () => Effect.die("the other worker could not claim the step"),
               onSome: (other) => repository.release({ ...lease, token: other.leaseToken ?? "" })
